@@ -1,0 +1,144 @@
+//! Shared RabbitMQ plumbing: connecting, declaring the topology with the same arguments
+//! everywhere (DESIGN §3), dead-lettering refused messages and publishing events.
+
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::protocol::{Event, Names, REASON_HEADER, encode};
+
+/// Delivery mode 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+
+/// Opens one connection named `name` (shown in the management UI).
+pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    Connection::connect(url, props).await
+}
+
+/// Connects, retrying with backoff until it works or `cancel` fires (then `None`).
+/// Each failure is logged without the URL, which may hold a password.
+pub async fn connect_with_backoff(
+    url: &str,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Option<Connection> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match connect(url, name).await {
+            Ok(conn) => return Some(conn),
+            Err(err) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
+                    "cannot connect to the broker; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The options every durable queue of berth is declared with.
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+}
+
+/// Declares the events exchange and the dead-letter queue.
+pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            names.events_exchange().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    channel.queue_declare(names.dead_queue().into(), durable(), FieldTable::default()).await?;
+    Ok(())
+}
+
+/// Declares the assign queue of `pool`.
+pub async fn declare_pool_queue(
+    channel: &Channel,
+    names: &Names,
+    pool: &str,
+) -> Result<(), lapin::Error> {
+    channel.queue_declare(names.assign_queue(pool).into(), durable(), FieldTable::default()).await?;
+    Ok(())
+}
+
+/// Declares the control queue of `slot`.
+pub async fn declare_slot_queue(
+    channel: &Channel,
+    names: &Names,
+    slot: &str,
+) -> Result<(), lapin::Error> {
+    channel.queue_declare(names.slot_queue(slot).into(), durable(), FieldTable::default()).await?;
+    Ok(())
+}
+
+/// Properties of a JSON message body.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default().with_content_type("application/json".into())
+}
+
+/// Moves a refused message to `<ns>.dead` with `reason` in its `x-berth-reason` header, then
+/// acks the original so it never comes back to its queue. If the copy cannot be published,
+/// the original is left unacked (it is redelivered later) rather than lost.
+pub async fn dead_letter(
+    channel: &Channel,
+    names: &Names,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), lapin::Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.to_owned().into()));
+    headers.insert(
+        "x-berth-original-queue".into(),
+        AMQPValue::LongString(delivery.routing_key.as_str().to_owned().into()),
+    );
+    let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(PERSISTENT);
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            names.dead_queue().into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    delivery.ack(BasicAckOptions::default()).await?;
+    tracing::warn!(reason, queue = delivery.routing_key.as_str(), "refused a message; moved it to the dead-letter queue");
+    Ok(())
+}
+
+/// Publishes a lifecycle event. Events are notifications: a failure is logged and counted by
+/// the caller, never allowed to block a transition.
+pub async fn publish_event(channel: &Channel, names: &Names, event: &Event) -> bool {
+    let result = channel
+        .basic_publish(
+            names.events_exchange().into(),
+            event.routing_key().into(),
+            BasicPublishOptions::default(),
+            &encode(event),
+            json_properties(),
+        )
+        .await;
+    match result {
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(error = %err, event = event.event.as_str(), "could not publish an event");
+            false
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Configuration: a TOML file (`--config`, `BERTH_CONFIG`) whose every value a flag or an
+//! environment variable may override. An invalid file is refused at start with the file, the
+//! key and what was wrong with it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The default broker: the local RabbitMQ with its stock account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The default namespace of queue and exchange names.
+pub const DEFAULT_NAMESPACE: &str = "berth";
+
+/// The whole configuration of a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// AMQP URL of the broker (`BERTH_AMQP_URL`).
+    pub amqp_url: String,
+    /// Prefix of every queue and exchange name (`BERTH_NAMESPACE`).
+    pub namespace: String,
+    /// Where the assigner listens (`BERTH_LISTEN`).
+    pub listen: SocketAddr,
+    /// Start and watch one `berth-worker` process per configured slot.
+    pub supervise: bool,
+    /// Lease given when a client names none.
+    pub default_lease_secs: u64,
+    /// The longest lease a client may ask for.
+    pub max_lease_secs: u64,
+    /// How long an acquire waits when the client names no `wait_secs`.
+    pub default_wait_secs: u64,
+    /// The longest an acquire may wait.
+    pub max_wait_secs: u64,
+    pub store: StoreConfig,
+    pub worker: WorkerConfig,
+    /// The pools and their slots.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// Where the slots' state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Root of the Launchpad web service, without the version (`BERTH_STORE_URL`).
+    pub api_root: String,
+    /// API version segment.
+    pub api_version: String,
+    /// The Launchpad person or team that owns the PPAs (`BERTH_STORE_OWNER`).
+    pub owner: String,
+    /// launchpadlib credentials file, needed for writes (`BERTH_CREDENTIALS`).
+    pub credentials_file: Option<PathBuf>,
+    /// Timeout of every store call.
+    pub timeout_secs: u64,
+}
+
+/// How workers behave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// How long past `lease_expires` a used slot waits before it is taken back.
+    pub lease_grace_secs: u64,
+    /// Pause between polls while waiting for deletions to finish.
+    pub clean_poll_millis: u64,
+    /// Give up one cleaning attempt after this long (then back off and retry).
+    pub clean_timeout_secs: u64,
+    /// First and longest pause between retries after a failure.
+    pub backoff_min_millis: u64,
+    pub backoff_max_millis: u64,
+}
+
+/// One pool of interchangeable slots.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: String,
+    /// Slot names; for PPAs, the PPA names.
+    pub slots: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp_url: DEFAULT_AMQP_URL.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            supervise: false,
+            default_lease_secs: 3600,
+            max_lease_secs: 7 * 24 * 3600,
+            default_wait_secs: 60,
+            max_wait_secs: 3600,
+            store: StoreConfig::default(),
+            worker: WorkerConfig::default(),
+            pools: Vec::new(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            api_root: "http://127.0.0.1:8081/".into(),
+            api_version: "devel".into(),
+            owner: "berth-ci".into(),
+            credentials_file: None,
+            timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            lease_grace_secs: 30,
+            clean_poll_millis: 1000,
+            clean_timeout_secs: 600,
+            backoff_min_millis: 200,
+            backoff_max_millis: 30_000,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration{}: key `{key}`: {message}", origin(.path))]
+    Invalid { path: Option<PathBuf>, key: String, message: String },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
+}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message, .. } => {
+                ConfigError::Invalid { path: Some(path.to_owned()), key, message }
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Reads the file if one is named, else starts from the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::from_file(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Checks what the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: &str| {
+            Err(ConfigError::Invalid { path: None, key, message: message.to_owned() })
+        };
+        if !valid_name(&self.namespace) {
+            return invalid("namespace".into(), NAME_RULE);
+        }
+        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
+            return invalid("amqp_url".into(), "must start with amqp:// or amqps://");
+        }
+        if !(self.store.api_root.starts_with("http://") || self.store.api_root.starts_with("https://"))
+        {
+            return invalid("store.api_root".into(), "must be an http:// or https:// URL");
+        }
+        if self.store.owner.is_empty() {
+            return invalid("store.owner".into(), "must name the Launchpad owner of the PPAs");
+        }
+        if self.store.timeout_secs == 0 {
+            return invalid("store.timeout_secs".into(), "must be at least 1");
+        }
+        if self.default_lease_secs == 0 || self.default_lease_secs > self.max_lease_secs {
+            return invalid("default_lease_secs".into(), "must be between 1 and max_lease_secs");
+        }
+        if self.default_wait_secs > self.max_wait_secs {
+            return invalid("default_wait_secs".into(), "must not exceed max_wait_secs");
+        }
+        if self.worker.backoff_min_millis == 0
+            || self.worker.backoff_min_millis > self.worker.backoff_max_millis
+        {
+            return invalid(
+                "worker.backoff_min_millis".into(),
+                "must be at least 1 and not exceed worker.backoff_max_millis",
+            );
+        }
+        let mut seen_slots = std::collections::HashSet::new();
+        let mut seen_pools = std::collections::HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if !valid_name(&pool.name) {
+                return invalid(format!("pools[{i}].name"), NAME_RULE);
+            }
+            if !seen_pools.insert(&pool.name) {
+                return invalid(format!("pools[{i}].name"), "names a pool that is already defined");
+            }
+            if pool.slots.is_empty() {
+                return invalid(format!("pools[{i}].slots"), "must list at least one slot");
+            }
+            for (j, slot) in pool.slots.iter().enumerate() {
+                if !valid_name(slot) {
+                    return invalid(format!("pools[{i}].slots[{j}]"), NAME_RULE);
+                }
+                if !seen_slots.insert(slot) {
+                    return invalid(
+                        format!("pools[{i}].slots[{j}]"),
+                        "names a slot that is already in a pool; a slot belongs to one pool",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+
+    /// The pool that slot `slot` belongs to.
+    pub fn pool_of(&self, slot: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.slots.iter().any(|s| s == slot))
+    }
+
+    /// The names object for this deployment's namespace.
+    pub fn names(&self) -> crate::protocol::Names {
+        crate::protocol::Names::new(self.namespace.clone())
+    }
+
+    /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.
+    pub fn dev(slots: usize) -> Config {
+        Config {
+            pools: vec![PoolConfig {
+                name: "ppa".into(),
+                slots: (1..=slots).map(|i| format!("ppa-{i}")).collect(),
+            }],
+            ..Config::default()
+        }
+    }
+}
+
+const NAME_RULE: &str =
+    "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
+
+/// Whether `name` is safe inside AMQP names, routing keys and URL paths.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path.join("berth.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    mod tempdir {
+        pub(super) struct Dir {
+            pub(super) path: std::path::PathBuf,
+        }
+        impl Dir {
+            pub(super) fn new() -> Dir {
+                let path = std::env::temp_dir().join(format!("berth-cfg-{}", uuid::Uuid::new_v4()));
+                std::fs::create_dir_all(&path).unwrap();
+                Dir { path }
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let (_d, path) = write(
+            r#"
+            namespace = "ci"
+            listen = "0.0.0.0:9000"
+            [store]
+            owner = "team"
+            [[pools]]
+            name = "ppa"
+            slots = ["ppa-1", "ppa-2"]
+            "#,
+        );
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.namespace, "ci");
+        assert_eq!(c.pool("ppa").unwrap().slots.len(), 2);
+        assert_eq!(c.pool_of("ppa-2").unwrap().name, "ppa");
+        assert_eq!(c.store.api_version, "devel");
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let (_d, path) = write("[[pools]]\nname = \"p\"\nslots = [\"a b\"]\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("berth.toml") && msg.contains("pools[0].slots[0]"), "{msg}");
+
+        let (_d, path) = write("namespce = \"x\"\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("berth.toml") && msg.contains("namespce"), "{msg}");
+
+        let (_d, path) = write("max_wait_secs = \"long\"\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("max_wait_secs"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_slot_is_refused() {
+        let mut c = Config::dev(2);
+        c.pools.push(PoolConfig { name: "other".into(), slots: vec!["ppa-1".into()] });
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("pools[1].slots[0]"), "{msg}");
+    }
+}
+
+/// The flags (and environment variables) that every command reading the configuration takes.
+/// Each one overrides the same value of the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "BERTH_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// AMQP URL of the RabbitMQ broker.
+    #[arg(long, env = "BERTH_AMQP_URL", global = true)]
+    pub amqp_url: Option<String>,
+    /// Prefix of every queue and exchange name; lets several deployments share a broker.
+    #[arg(long, env = "BERTH_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// Root URL of the Launchpad web service (without the `devel/` version).
+    #[arg(long, env = "BERTH_STORE_URL", global = true)]
+    pub store_url: Option<String>,
+    /// Launchpad person or team owning the PPAs.
+    #[arg(long, env = "BERTH_STORE_OWNER", global = true)]
+    pub store_owner: Option<String>,
+    /// launchpadlib credentials file used to sign writes.
+    #[arg(long, env = "BERTH_CREDENTIALS", global = true)]
+    pub credentials: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Reads the file (or the defaults), applies the overrides and checks the result.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        self.apply(&mut config);
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid { key, message, .. } => {
+                ConfigError::Invalid { path: self.config.clone(), key, message }
+            }
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Applies the overrides to `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.amqp_url {
+            config.amqp_url = v.clone();
+        }
+        if let Some(v) = &self.namespace {
+            config.namespace = v.clone();
+        }
+        if let Some(v) = &self.store_url {
+            config.store.api_root = v.clone();
+        }
+        if let Some(v) = &self.store_owner {
+            config.store.owner = v.clone();
+        }
+        if let Some(v) = &self.credentials {
+            config.store.credentials_file = Some(v.clone());
+        }
+    }
+}

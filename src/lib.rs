@@ -1,0 +1,12 @@
+//! berth hands out build slots (first kind: Launchpad PPAs) to CI pipelines, over RabbitMQ,
+//! keeping every bit of slot state in the store. See DESIGN.md for the whole picture.
+
+pub mod backoff;
+pub mod broker;
+pub mod config;
+pub mod fake;
+pub mod lease;
+pub mod protocol;
+pub mod record;
+pub mod store;
+pub mod telemetry;

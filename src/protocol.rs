@@ -1,0 +1,223 @@
+//! The messages that travel over RabbitMQ (DESIGN §3) and the names of the AMQP objects.
+//!
+//! Every body is JSON with a `"v"` field. [`decode`] refuses unknown versions and malformed
+//! bodies with a reason that goes into the `x-berth-reason` header of the dead-lettered copy.
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Header that carries why a message was dead-lettered.
+pub const REASON_HEADER: &str = "x-berth-reason";
+
+/// The names of one deployment's AMQP objects, all under one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Names { namespace: namespace.into() }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `<ns>.assign.<pool>`: assign requests for a pool, consumed by its free workers.
+    pub fn assign_queue(&self, pool: &str) -> String {
+        format!("{}.assign.{pool}", self.namespace)
+    }
+
+    /// `<ns>.slot.<slot>`: a slot's control queue; its exclusive consumer holds the slot lock.
+    pub fn slot_queue(&self, slot: &str) -> String {
+        format!("{}.slot.{slot}", self.namespace)
+    }
+
+    /// `<ns>.events`: topic exchange of lifecycle events.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// `<ns>.dead`: where rejected messages go, with the reason in a header.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+}
+
+/// Ask a free worker of `pool` for a slot. Sent with `reply_to` and `correlation_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignRequest {
+    pub v: u32,
+    pub request_id: Uuid,
+    pub pool: String,
+    pub owner: String,
+    pub lease_secs: u64,
+    /// After this instant nobody is waiting any more: drop the request.
+    pub deadline: DateTime<Utc>,
+}
+
+/// A worker's answer to an [`AssignRequest`]: the slot and its lease token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignReply {
+    pub v: u32,
+    pub request_id: Uuid,
+    pub slot: String,
+    pub pool: String,
+    /// The secret that proves the holder; the store keeps only its SHA-256.
+    pub lease_token: String,
+    pub lease_expires: DateTime<Utc>,
+    pub resource: serde_json::Value,
+}
+
+/// A message on a slot's control queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Control {
+    /// Give the slot back. Persistent; needs no reply.
+    Release { v: u32, lease_token: String },
+    /// Extend the lease. An RPC: the answer is a [`RenewReply`] to `reply_to`.
+    Renew { v: u32, request_id: Uuid, lease_token: String, lease_secs: u64 },
+}
+
+impl Control {
+    pub fn version(&self) -> u32 {
+        match self {
+            Control::Release { v, .. } | Control::Renew { v, .. } => *v,
+        }
+    }
+}
+
+/// How a renew went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenewOutcome {
+    Renewed,
+    /// The token is not the current holder's.
+    WrongToken,
+    /// The slot is not in use.
+    NotHeld,
+}
+
+/// A worker's answer to [`Control::Renew`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewReply {
+    pub v: u32,
+    pub request_id: Uuid,
+    pub outcome: RenewOutcome,
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+/// Lifecycle event kinds (DESIGN §6); the last part of the routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Assigned,
+    Renewed,
+    Released,
+    Expired,
+    Cleaned,
+    CleanFailed,
+    Disabled,
+    Enabled,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Assigned => "assigned",
+            EventKind::Renewed => "renewed",
+            EventKind::Released => "released",
+            EventKind::Expired => "expired",
+            EventKind::Cleaned => "cleaned",
+            EventKind::CleanFailed => "clean_failed",
+            EventKind::Disabled => "disabled",
+            EventKind::Enabled => "enabled",
+        }
+    }
+}
+
+/// A lifecycle event, published to `<ns>.events` with key `<pool>.<slot>.<event>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u32,
+    pub event: EventKind,
+    pub pool: String,
+    pub slot: String,
+    pub owner: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn routing_key(&self) -> String {
+        format!("{}.{}.{}", self.pool, self.slot, self.event.as_str())
+    }
+}
+
+/// Why a message body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("body has no numeric \"v\" field")]
+    MissingVersion,
+    #[error("unsupported message version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u64),
+    #[error("body does not match the message shape: {0}")]
+    Shape(String),
+}
+
+/// Decodes a message body, checking its version first so that a future version's message is
+/// refused as such rather than as a shape error.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let v = value.get("v").and_then(serde_json::Value::as_u64).ok_or(DecodeError::MissingVersion)?;
+    if v != u64::from(PROTOCOL_VERSION) {
+        return Err(DecodeError::UnknownVersion(v));
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError::Shape(e.to_string()))
+}
+
+/// Encodes a message body.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Our message types hold only strings, numbers, ids and timestamps: this cannot fail.
+    serde_json::to_vec(message).expect("protocol message serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn control_round_trips_with_kind_tag() {
+        let m = Control::Release { v: 1, lease_token: "t".into() };
+        let body = encode(&m);
+        assert!(String::from_utf8_lossy(&body).contains(r#""kind":"release""#));
+        assert_eq!(decode::<Control>(&body).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_version_is_named() {
+        let err = decode::<Control>(br#"{"v":7,"kind":"release","lease_token":"x"}"#).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownVersion(7));
+        assert!(matches!(decode::<Control>(b"{"), Err(DecodeError::Malformed(_))));
+        assert_eq!(decode::<Control>(b"{}"), Err(DecodeError::MissingVersion));
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode::<AssignRequest>(&body);
+            let _ = decode::<AssignReply>(&body);
+            let _ = decode::<Control>(&body);
+            let _ = decode::<RenewReply>(&body);
+        }
+    }
+}

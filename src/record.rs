@@ -1,0 +1,256 @@
+//! The slot record: the one line of JSON that holds a slot's state, and how it lives inside a
+//! PPA description next to the human-written text.
+//!
+//! The record is always the last three lines of the description:
+//!
+//! ```text
+//! <human text, kept byte for byte>
+//!
+//! -----BEGIN BERTH SLOT STATE (managed by berth, do not edit)-----
+//! {"v":1,"state":"free",...}
+//! -----END BERTH SLOT STATE-----
+//! ```
+//!
+//! Compact JSON never contains a newline, so the block is exactly three lines and can always
+//! be cut off the end, whatever the human text above it looks like (even if it imitates the
+//! markers). A description without a well-formed block parses as `dirty`: a slot whose
+//! history is unknown is cleaned before anyone gets it.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// First line of the block.
+pub const BEGIN_MARKER: &str = "-----BEGIN BERTH SLOT STATE (managed by berth, do not edit)-----";
+/// Last line of the block.
+pub const END_MARKER: &str = "-----END BERTH SLOT STATE-----";
+/// What separates the human text from the block; always written, always cut.
+const SEPARATOR: &str = "\n\n";
+
+/// The record version this build writes and understands.
+pub const RECORD_VERSION: u32 = 1;
+
+/// Where a slot is in its life (DESIGN §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotState {
+    Free,
+    Used,
+    Dirty,
+    Disabled,
+}
+
+impl SlotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotState::Free => "free",
+            SlotState::Used => "used",
+            SlotState::Dirty => "dirty",
+            SlotState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for SlotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state record of one slot, as stored in the store (DESIGN §2).
+///
+/// Never holds a lease token, only its SHA-256: PPA descriptions are public.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRecord {
+    pub v: u32,
+    pub state: SlotState,
+    pub owner: Option<String>,
+    pub request: Option<Uuid>,
+    pub lease_sha256: Option<String>,
+    pub lease_expires: Option<DateTime<Utc>>,
+    pub touched: DateTime<Utc>,
+    #[serde(default)]
+    pub clean_failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl SlotRecord {
+    /// A record in `state` with no holder, touched `now`.
+    pub fn new(state: SlotState, now: DateTime<Utc>) -> Self {
+        SlotRecord {
+            v: RECORD_VERSION,
+            state,
+            owner: None,
+            request: None,
+            lease_sha256: None,
+            lease_expires: None,
+            touched: now.trunc_subsecs(3),
+            clean_failures: 0,
+            last_error: None,
+        }
+    }
+
+    /// The record that stands for a slot whose block is missing or unreadable.
+    pub fn unknown(now: DateTime<Utc>) -> Self {
+        let mut record = SlotRecord::new(SlotState::Dirty, now);
+        record.last_error = Some("no readable berth state block; cleaning first".into());
+        record
+    }
+
+    /// Whether `now` is past the lease plus `grace`. A used record without an expiry counts
+    /// as expired: nobody can ever renew it.
+    pub fn lease_expired(&self, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
+        match self.lease_expires {
+            Some(expires) => now > expires + grace,
+            None => true,
+        }
+    }
+}
+
+/// A description split into its human part and the record found in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedDescription {
+    /// The human-written text, exactly as it was before berth appended its block.
+    pub human: String,
+    /// The record, or `None` when the block is missing or unreadable (treat as dirty).
+    pub record: Option<SlotRecord>,
+}
+
+/// Splits a description into its human text and the berth record.
+pub fn parse_description(description: &str) -> ParsedDescription {
+    match split_block(description) {
+        Some((human, json)) => {
+            let record = serde_json::from_str::<SlotRecord>(json)
+                .ok()
+                .filter(|r| r.v == RECORD_VERSION);
+            ParsedDescription { human: human.to_owned(), record }
+        }
+        None => ParsedDescription { human: description.to_owned(), record: None },
+    }
+}
+
+/// Writes `record` into a description after `human`, the inverse of [`parse_description`].
+pub fn render_description(human: &str, record: &SlotRecord) -> String {
+    // Serialising a struct of strings, numbers and timestamps cannot fail.
+    let json = serde_json::to_string(record).expect("slot record serialises");
+    format!("{human}{SEPARATOR}{BEGIN_MARKER}\n{json}\n{END_MARKER}")
+}
+
+/// Finds a well-formed block at the end of `description`: returns the human part and the
+/// JSON line. A block that is present but whose JSON is unreadable still counts as a block,
+/// so rewriting the description replaces it instead of stacking a second one.
+fn split_block(description: &str) -> Option<(&str, &str)> {
+    let rest = description.strip_suffix(END_MARKER)?;
+    let rest = rest.strip_suffix('\n')?;
+    let (before_json, json) = rest.rsplit_once('\n')?;
+    let before_marker = before_json.strip_suffix(BEGIN_MARKER)?;
+    let human = before_marker.strip_suffix(SEPARATOR).or_else(|| {
+        // Someone trimmed our separator; accept what is left rather than lose the block.
+        before_marker.strip_suffix('\n').or(Some(before_marker))
+    })?;
+    Some((human, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(state: SlotState) -> SlotRecord {
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        let mut r = SlotRecord::new(state, now);
+        if state == SlotState::Used {
+            r.owner = Some("ci-job-1".into());
+            r.request = Some(Uuid::nil());
+            r.lease_sha256 = Some("ab".repeat(32));
+            r.lease_expires = Some(now + chrono::Duration::seconds(60));
+        }
+        r
+    }
+
+    #[test]
+    fn no_block_is_dirty_and_keeps_text() {
+        let p = parse_description("My PPA for builds");
+        assert_eq!(p.human, "My PPA for builds");
+        assert_eq!(p.record, None);
+    }
+
+    #[test]
+    fn unreadable_block_is_replaced_not_stacked() {
+        let d = format!("hello\n\n{BEGIN_MARKER}\n{{not json\n{END_MARKER}");
+        let p = parse_description(&d);
+        assert_eq!(p.human, "hello");
+        assert_eq!(p.record, None);
+        let again = render_description(&p.human, &sample(SlotState::Free));
+        assert_eq!(again.matches(BEGIN_MARKER).count(), 1);
+    }
+
+    #[test]
+    fn unknown_version_is_unreadable() {
+        let mut r = sample(SlotState::Free);
+        r.v = 2;
+        let d = render_description("x", &r);
+        assert_eq!(parse_description(&d).record, None);
+    }
+
+    #[test]
+    fn record_line_has_design_shape() {
+        let json = serde_json::to_value(sample(SlotState::Used)).unwrap();
+        for key in ["v", "state", "owner", "request", "lease_sha256", "lease_expires", "touched",
+            "clean_failures", "last_error"]
+        {
+            assert!(json.get(key).is_some(), "missing {key} in {json}");
+        }
+        assert_eq!(json["state"], "used");
+    }
+
+    fn any_state() -> impl Strategy<Value = SlotState> {
+        prop_oneof![
+            Just(SlotState::Free),
+            Just(SlotState::Used),
+            Just(SlotState::Dirty),
+            Just(SlotState::Disabled)
+        ]
+    }
+
+    fn human_text() -> impl Strategy<Value = String> {
+        // Arbitrary text, and text built from pieces of our own markers and JSON.
+        let piece = prop_oneof![
+            any::<String>(),
+            Just(BEGIN_MARKER.to_string()),
+            Just(END_MARKER.to_string()),
+            Just("\n".to_string()),
+            Just("\n\n".to_string()),
+            Just(r#"{"v":1,"state":"free"}"#.to_string()),
+        ];
+        prop::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_keeps_human_text_byte_for_byte(
+            human in human_text(),
+            state in any_state(),
+            owner in proptest::option::of(any::<String>()),
+            error in proptest::option::of(any::<String>()),
+            failures in any::<u32>(),
+        ) {
+            let mut record = sample(state);
+            record.owner = owner;
+            record.last_error = error;
+            record.clean_failures = failures;
+            let description = render_description(&human, &record);
+            let parsed = parse_description(&description);
+            prop_assert_eq!(&parsed.human, &human);
+            prop_assert_eq!(parsed.record.as_ref(), Some(&record));
+            // Rewriting never grows the description by more than one block.
+            let again = render_description(&parsed.human, &record);
+            prop_assert_eq!(again, description);
+        }
+
+        #[test]
+        fn parse_never_panics(text in any::<String>()) {
+            let _ = parse_description(&text);
+        }
+    }
+}

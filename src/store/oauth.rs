@@ -1,0 +1,1 @@
+//! OAuth 1.0 PLAINTEXT signing.

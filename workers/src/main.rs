@@ -1,0 +1,2 @@
+//! `berth-worker`: slot workers. To be written.
+fn main() {}
