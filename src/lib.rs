@@ -1,6 +1,7 @@
 //! berth hands out build slots (first kind: Launchpad PPAs) to CI pipelines, over RabbitMQ,
 //! keeping every bit of slot state in the store. See DESIGN.md for the whole picture.
 
+pub mod assigner;
 pub mod backoff;
 pub mod broker;
 pub mod config;

@@ -1,0 +1,107 @@
+//! The one error type of the HTTP API. Client errors say what was wrong and what to do;
+//! internal ones are logged with their cause and answered opaquely.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// Everything an API call can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    /// A field of the request is missing or out of range.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is not what the endpoint takes (not JSON, wrong shape, too large).
+    #[error("{message}")]
+    BadBody { status: StatusCode, message: String },
+    #[error("no pool named {0:?}; GET /v1/pools lists the pools")]
+    UnknownPool(String),
+    #[error("no slot named {0:?}; GET /v1/slots lists the slots")]
+    UnknownSlot(String),
+    #[error("no such endpoint; the API is under /v1 (see DESIGN.md §4)")]
+    NoRoute,
+    #[error("no slot of pool {pool:?} came free within {wait_secs} s; retry later or wait longer (\"wait_secs\")")]
+    NoSlot { pool: String, wait_secs: u64 },
+    #[error("the lease token is not the one of the slot's current holder")]
+    WrongToken,
+    #[error("slot {0:?} is not held by anyone; acquire a slot first")]
+    NotHeld(String),
+    #[error("the message broker is not reachable right now; retry in a few seconds")]
+    BrokerDown,
+    #[error("the worker of slot {0:?} did not answer (it is probably not running); retry in a few seconds")]
+    WorkerDown(String),
+    #[error("the assigner is shutting down; retry (another assigner or this one once restarted will answer)")]
+    ShuttingDown,
+    #[error("the slot store could not be read; retry in a few seconds")]
+    Store(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadBody { status, .. } => *status,
+            ApiError::UnknownPool(_) | ApiError::UnknownSlot(_) | ApiError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::WrongToken => StatusCode::FORBIDDEN,
+            ApiError::NotHeld(_) => StatusCode::CONFLICT,
+            ApiError::NoSlot { .. }
+            | ApiError::BrokerDown
+            | ApiError::WorkerDown(_)
+            | ApiError::ShuttingDown
+            | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The machine-readable `error` code.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadBody { .. } => "bad_body",
+            ApiError::UnknownPool(_) => "unknown_pool",
+            ApiError::UnknownSlot(_) => "unknown_slot",
+            ApiError::NoRoute => "not_found",
+            ApiError::NoSlot { .. } => "no_slot",
+            ApiError::WrongToken => "wrong_token",
+            ApiError::NotHeld(_) => "not_held",
+            ApiError::BrokerDown => "broker_unavailable",
+            ApiError::WorkerDown(_) => "worker_unavailable",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Store(_) => "store_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Seconds a client should wait before trying again, for the answers worth retrying.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::NoSlot { .. } => Some(5),
+            ApiError::BrokerDown | ApiError::WorkerDown(_) | ApiError::ShuttingDown => Some(2),
+            ApiError::Store(_) => Some(5),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Store(err) => tracing::error!(error = %err, "store call failed"),
+            ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "internal error"),
+            _ => {}
+        }
+        let body = json!({"error": self.code(), "message": self.to_string()});
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(secs) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,201 @@
+//! The assigner (DESIGN §1, §4): a stateless HTTP service that turns `acquire` into an assign
+//! request on the pool's queue and waits for a worker's reply, forwards `renew` and `release`
+//! to the slot's control queue, and answers status from the store. It keeps nothing but
+//! in-flight requests in memory, so it may be killed and restarted at any moment.
+//!
+//! [`Application::build`] binds the listener (port 0 in tests) and starts the broker link in
+//! the background; [`Application::run_until`] serves until a cancellation token fires.
+
+mod api;
+mod error;
+mod link;
+mod metrics;
+mod pending;
+mod routes;
+mod signal;
+mod status;
+pub mod supervise;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigArgs};
+use crate::protocol::Names;
+use crate::store::SlotStore;
+
+pub use signal::shutdown_token;
+
+/// How long shutdown waits for open HTTP requests, then for the broker link to close.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    config: Arc<Config>,
+    names: Names,
+    store: Arc<dyn SlotStore>,
+    link: link::Link,
+    pending: Arc<pending::Pending>,
+    status: status::StatusCache,
+    metrics: Arc<metrics::Metrics>,
+    /// Fires when the assigner begins to stop: waiting requests answer `503` at once.
+    shutdown: CancellationToken,
+}
+
+/// A built assigner: listening, connecting to the broker, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    tracker: TaskTracker,
+    link_stop: CancellationToken,
+}
+
+impl Application {
+    /// Binds `config.listen` and starts connecting to the broker (readiness follows within
+    /// moments when the broker is up). `store` is where status and release checks read.
+    pub async fn build(config: Config, store: Arc<dyn SlotStore>) -> std::io::Result<Application> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        let config = Arc::new(config);
+        let names = config.names();
+        let metrics = Arc::new(metrics::Metrics::default());
+        let (pending, releases) = pending::Pending::new();
+        let tracker = TaskTracker::new();
+        let link_stop = CancellationToken::new();
+        let link = link::start(
+            link::LinkConfig {
+                amqp_url: config.amqp_url.clone(),
+                names: names.clone(),
+                pools: config.pools.iter().map(|p| p.name.clone()).collect(),
+            },
+            Arc::clone(&pending),
+            releases,
+            Arc::clone(&metrics),
+            link_stop.clone(),
+            &tracker,
+        );
+        let state = Arc::new(AppState {
+            status: status::StatusCache::new(Arc::clone(&store), Arc::clone(&config)),
+            config,
+            names,
+            store,
+            link,
+            pending,
+            metrics,
+            shutdown: CancellationToken::new(),
+        });
+        Ok(Application { listener, addr, state, tracker, link_stop })
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `cancel` fires; then answers waiting requests `503`, drains open
+    /// connections, sends the releases it still holds and closes the broker connection.
+    pub async fn run_until(self, cancel: CancellationToken) -> std::io::Result<()> {
+        let shutdown = self.state.shutdown.clone();
+        let router = routes::router(Arc::clone(&self.state));
+        tracing::info!(addr = %self.addr, "assigner listening");
+        let serve = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move {
+                cancel.cancelled().await;
+                shutdown.cancel();
+            })
+            .into_future();
+        let drained = {
+            let shutdown = self.state.shutdown.clone();
+            tokio::pin!(serve);
+            tokio::select! {
+                result = &mut serve => Some(result),
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => None,
+            }
+        };
+        if drained.is_none() {
+            tracing::warn!("open requests did not finish in time; stopping anyway");
+        }
+        self.link_stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(DRAIN, self.tracker.wait()).await.is_err() {
+            tracing::warn!("the broker link did not stop in time");
+        }
+        tracing::info!("assigner stopped");
+        drained.unwrap_or(Ok(()))
+    }
+}
+
+/// Flags of `berth assigner`.
+#[derive(Debug, clap::Args)]
+pub struct AssignerArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on (overrides `listen` of the config file).
+    #[arg(long, env = "BERTH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Start and watch one `berth-worker` process per configured slot.
+    #[arg(long, env = "BERTH_SUPERVISE")]
+    pub supervise: bool,
+}
+
+/// Runs `berth assigner` until SIGINT or SIGTERM.
+pub async fn run_cli(args: AssignerArgs) -> anyhow::Result<ExitCode> {
+    let mut config = args.config.load()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config.supervise |= args.supervise;
+    let cancel = shutdown_token();
+    serve(config, args.config.config.clone(), cancel).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the assigner of `config` (and its workers when `config.supervise`) until `cancel`.
+/// `config_file` is handed to the workers it supervises.
+pub async fn serve(
+    config: Config,
+    config_file: Option<PathBuf>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    serve_with(config, config_file, cancel, |_| {}).await
+}
+
+/// [`serve`], calling `on_listening` with the address once the listener is bound.
+pub async fn serve_with(
+    config: Config,
+    config_file: Option<PathBuf>,
+    cancel: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let supervisor = if config.supervise {
+        Some(supervise::Supervisor::start(&config, config_file)?)
+    } else {
+        None
+    };
+    let app = Application::build(config, store).await?;
+    on_listening(app.addr());
+    let result = app.run_until(cancel).await;
+    if let Some(supervisor) = supervisor {
+        supervisor.stop().await;
+    }
+    Ok(result?)
+}
+
+/// The store named by the config.
+fn open_store(config: &Config) -> anyhow::Result<Arc<dyn SlotStore>> {
+    let _ = config;
+    anyhow::bail!("the Launchpad store client is not available in this build yet")
+}
