@@ -4,7 +4,9 @@
 pub mod assigner;
 pub mod backoff;
 pub mod broker;
+pub mod cli;
 pub mod config;
+// pub mod dev; (waits for the fake Launchpad)
 pub mod fake;
 pub mod lease;
 pub mod protocol;

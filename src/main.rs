@@ -15,6 +15,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole stack locally: fake Launchpad, one worker per slot, the assigner.
+    // Dev
+    /// Serve the HTTP API that hands out slots (optionally supervising the workers).
+    Assigner(berth::assigner::AssignerArgs),
+    /// Take a slot from a pool; prints the slot and its lease token.
+    Acquire(berth::cli::AcquireArgs),
+    /// Extend the lease of a held slot.
+    Renew(berth::cli::RenewArgs),
+    /// Give a held slot back; it is cleaned, then free again.
+    Release(berth::cli::ReleaseArgs),
+    /// Show the pools and slots.
+    Status(berth::cli::StatusArgs),
+    /// Acquire a slot, run a command with it, release it; exits with the command's code.
+    Run(berth::cli::RunArgs),
     /// Serve a fake Launchpad web service (for tests and `berth dev`).
     FakeLaunchpad(berth::fake::FakeLaunchpadArgs),
 }
@@ -24,6 +38,13 @@ async fn main() -> ExitCode {
     berth::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
+
+        Command::Assigner(args) => berth::assigner::run_cli(args).await,
+        Command::Acquire(args) => berth::cli::acquire(args).await,
+        Command::Renew(args) => berth::cli::renew(args).await,
+        Command::Release(args) => berth::cli::release(args).await,
+        Command::Status(args) => berth::cli::status(args).await,
+        Command::Run(args) => berth::cli::run(args).await,
         Command::FakeLaunchpad(args) => berth::fake::run_cli(args).await,
     };
     match result {

@@ -1,0 +1,166 @@
+//! How the client commands print what they got: `text` for people, `json` for programs,
+//! `env` (`export BERTH_SLOT=…` lines) for shell pipelines: `eval "$(berth acquire …)"`.
+
+use serde_json::{Value, json};
+
+use super::client::Lease;
+
+/// Output format of the client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Env,
+}
+
+/// The environment a slot's holder gets (`berth run` sets it in its command's environment).
+pub fn lease_env(lease: &Lease) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("BERTH_SLOT", lease.slot.clone()),
+        ("BERTH_POOL", lease.pool.clone()),
+        ("BERTH_LEASE_TOKEN", lease.lease_token.clone()),
+        ("BERTH_LEASE_EXPIRES", lease.lease_expires.to_rfc3339()),
+    ];
+    if let Some(ppa) = lease.ppa() {
+        vars.push(("BERTH_PPA", ppa));
+    }
+    vars
+}
+
+/// `export NAME=VALUE` lines, values quoted for any POSIX shell.
+pub fn exports(vars: &[(&str, String)]) -> String {
+    vars.iter().map(|(name, value)| format!("export {name}={}\n", shell_quote(value))).collect()
+}
+
+/// Quotes `value` for a POSIX shell unless it is made of safe characters only.
+pub fn shell_quote(value: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !value.is_empty() && value.chars().all(safe) {
+        value.to_owned()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// What `berth acquire` prints.
+pub fn acquired(lease: &Lease, format: Format) -> String {
+    match format {
+        Format::Json => json_line(&serde_json::to_value(lease).unwrap_or_default()),
+        Format::Env => exports(&lease_env(lease)),
+        Format::Text => {
+            let mut text = format!(
+                "slot:          {}\npool:          {}\nlease_token:   {}\nlease_expires: {}\n",
+                lease.slot,
+                lease.pool,
+                lease.lease_token,
+                lease.lease_expires.to_rfc3339()
+            );
+            if let Some(ppa) = lease.ppa() {
+                text.push_str(&format!("ppa:           {ppa}\n"));
+            }
+            text
+        }
+    }
+}
+
+/// What `berth renew` prints.
+pub fn renewed(slot: &str, expires: chrono::DateTime<chrono::Utc>, format: Format) -> String {
+    match format {
+        Format::Json => json_line(&json!({"slot": slot, "lease_expires": expires})),
+        Format::Env => exports(&[("BERTH_LEASE_EXPIRES", expires.to_rfc3339())]),
+        Format::Text => format!("lease of {slot} renewed until {}\n", expires.to_rfc3339()),
+    }
+}
+
+/// What `berth release` prints.
+pub fn released(slot: &str, format: Format) -> String {
+    match format {
+        Format::Json => json_line(&json!({"slot": slot, "released": true})),
+        Format::Env => String::new(),
+        Format::Text => format!("released {slot}; it is cleaned, then free again\n"),
+    }
+}
+
+/// What `berth status` prints, from `GET /v1/pools` and `GET /v1/slots`.
+pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
+    if format == Format::Json {
+        return json_line(&json!({"pools": pools["pools"], "slots": slots["slots"], "as_of": slots["as_of"]}));
+    }
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = format!("as of {}\n\n", text(&slots["as_of"]));
+    out.push_str(&format!(
+        "{:<16} {:>5} {:>5} {:>5} {:>5} {:>8} {:>7} {:>9}\n",
+        "POOL", "SLOTS", "FREE", "USED", "DIRTY", "DISABLED", "WAITING", "CONSUMERS"
+    ));
+    for pool in pools["pools"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:>5} {:>5} {:>5} {:>5} {:>8} {:>7} {:>9}\n",
+            text(&pool["pool"]),
+            text(&pool["slots"]),
+            text(&pool["free"]),
+            text(&pool["used"]),
+            text(&pool["dirty"]),
+            text(&pool["disabled"]),
+            text(&pool["waiting"]),
+            text(&pool["consumers"]),
+        ));
+    }
+    out.push_str(&format!("\n{:<16} {:<12} {:<9} {:<26} {}\n", "SLOT", "POOL", "STATE", "LEASE_EXPIRES", "OWNER"));
+    for slot in slots["slots"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<12} {:<9} {:<26} {}\n",
+            text(&slot["slot"]),
+            text(&slot["pool"]),
+            text(&slot["state"]),
+            text(&slot["lease_expires"]),
+            text(&slot["owner"]),
+        ));
+        if let Some(error) = slot["last_error"].as_str() {
+            out.push_str(&format!("{:<16} last error: {error}\n", ""));
+        }
+    }
+    out
+}
+
+fn json_line(value: &Value) -> String {
+    format!("{value}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_lines_are_shell_safe() {
+        let lease = Lease {
+            slot: "ppa-1".into(),
+            pool: "ppa".into(),
+            lease_token: "abc".into(),
+            lease_expires: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().into(),
+            resource: json!({"reference": "ppa:berth-ci/ppa-1"}),
+        };
+        let text = acquired(&lease, Format::Env);
+        assert!(text.contains("export BERTH_SLOT=ppa-1\n"), "{text}");
+        assert!(text.contains("export BERTH_PPA=ppa:berth-ci/ppa-1\n"), "{text}");
+        assert_eq!(shell_quote("it's $x"), r"'it'\''s $x'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn launchpad_reference_becomes_ppa_name() {
+        let mut lease = Lease {
+            slot: "s".into(),
+            pool: "p".into(),
+            lease_token: "t".into(),
+            lease_expires: chrono::Utc::now(),
+            resource: json!({"reference": "~team/ubuntu/ppa-2"}),
+        };
+        assert_eq!(lease.ppa().as_deref(), Some("ppa:team/ppa-2"));
+        lease.resource = json!({});
+        assert_eq!(lease.ppa(), None);
+    }
+}

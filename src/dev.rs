@@ -1,0 +1,119 @@
+//! `berth dev`: the whole stack on one machine (DESIGN §4) — a fake Launchpad with a pool
+//! `ppa` of N PPAs, one worker process per slot, and the assigner — against the local broker.
+//! It prints how to acquire a slot with curl; Ctrl-C (or SIGTERM) stops all of it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::assigner::{self, shutdown_token};
+use crate::config::{Config, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE};
+use crate::fake::{FakeConfig, FakeLaunchpad};
+
+/// Flags of `berth dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// How many PPAs (slots) the pool `ppa` has.
+    #[arg(long, env = "BERTH_DEV_SLOTS", default_value_t = 4)]
+    pub slots: usize,
+    /// Where the assigner listens.
+    #[arg(long, env = "BERTH_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the fake Launchpad listens.
+    #[arg(long, env = "BERTH_DEV_STORE_LISTEN", default_value = "127.0.0.1:8081")]
+    pub store_listen: SocketAddr,
+    /// AMQP URL of the RabbitMQ broker.
+    #[arg(long, env = "BERTH_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: String,
+    /// Prefix of every queue and exchange name.
+    #[arg(long, env = "BERTH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+/// A directory removed when dropped, holding the generated config and credentials.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `berth dev` until SIGINT or SIGTERM.
+pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
+    if args.slots == 0 {
+        anyhow::bail!("--slots must be at least 1");
+    }
+    let cancel = shutdown_token();
+    let fake_config = FakeConfig { owner: "berth-ci".into(), ppas: args.slots, ..FakeConfig::default() };
+    let fake = FakeLaunchpad::start(args.store_listen, fake_config).await.with_context(|| {
+        format!(
+            "cannot start the fake Launchpad on {} (is another `berth dev` running? --store-listen picks another address)",
+            args.store_listen
+        )
+    })?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("berth-dev-{}", std::process::id())));
+    let (config, config_file) = write_config(&args, &fake.api_root(), &scratch.0)?;
+    let listen = config.listen;
+    let result = assigner::serve_with(config, Some(config_file), cancel.clone(), |addr| {
+        tokio::spawn(announce_when_ready(addr, fake.api_root(), args.slots, cancel.clone()));
+    })
+    .await
+    .with_context(|| format!("cannot run the assigner on {listen}"));
+    fake.shutdown().await;
+    drop(scratch);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the dev configuration and a dummy credentials file (the fake accepts any
+/// well-formed signature).
+fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<(Config, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let credentials = dir.join("credentials");
+    std::fs::write(
+        &credentials,
+        "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = dev-token\naccess_secret = dev-secret\n",
+    )?;
+    let mut config = Config::dev(args.slots);
+    config.amqp_url = args.amqp_url.clone();
+    config.namespace = args.namespace.clone();
+    config.listen = args.listen;
+    config.supervise = true;
+    config.store.api_root = store_root.to_owned();
+    config.store.credentials_file = Some(credentials);
+    // The fake deletes at once: poll often so a released slot is free again quickly.
+    config.worker.clean_poll_millis = 100;
+    config.validate()?;
+    let file = dir.join("berth.toml");
+    std::fs::write(&file, toml::to_string(&config)?)?;
+    Ok((config, file))
+}
+
+/// Prints how to use the stack once the assigner is ready.
+async fn announce_when_ready(addr: SocketAddr, store_root: String, slots: usize, cancel: tokio_util::sync::CancellationToken) {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/readyz");
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        if let Ok(response) = http.get(&url).timeout(Duration::from_secs(1)).send().await {
+            if response.status().is_success() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "berth dev: fake Launchpad at {store_root} with pool \"ppa\" of {slots} slots (ppa-1 … ppa-{slots}); assigner at http://{addr}"
+    );
+    println!("Acquire a slot:");
+    println!(
+        "  curl -X POST {addr}/v1/pools/ppa/acquire -H 'content-type: application/json' -d '{{\"owner\":\"me\"}}'"
+    );
+    println!("Status: curl {addr}/v1/pools   Stop: Ctrl-C");
+}
