@@ -59,7 +59,7 @@ mod tests {
         record.lease_expires = Some(chrono::Utc::now() + chrono::Duration::seconds(10));
         let left = time_left(&record, Duration::from_secs(5));
         assert!(
-            left > Duration::from_secs(14) && left <= Duration::from_secs(15),
+            left > Duration::from_secs(14) && left <= Duration::from_millis(15_001),
             "{left:?}"
         );
         record.lease_expires = Some(chrono::Utc::now() - chrono::Duration::seconds(10));
