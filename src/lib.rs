@@ -6,7 +6,7 @@ pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod config;
-// pub mod dev; (waits for the fake Launchpad)
+pub mod dev;
 pub mod fake;
 pub mod lease;
 pub mod protocol;

@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole stack locally: fake Launchpad, one worker per slot, the assigner.
-    // Dev
+    Dev(berth::dev::DevArgs),
     /// Serve the HTTP API that hands out slots (optionally supervising the workers).
     Assigner(berth::assigner::AssignerArgs),
     /// Take a slot from a pool; prints the slot and its lease token.
@@ -39,6 +39,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
 
+        Command::Dev(args) => berth::dev::run_cli(args).await,
         Command::Assigner(args) => berth::assigner::run_cli(args).await,
         Command::Acquire(args) => berth::cli::acquire(args).await,
         Command::Renew(args) => berth::cli::renew(args).await,

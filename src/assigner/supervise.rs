@@ -63,6 +63,12 @@ impl Supervisor {
                     .env("BERTH_NAMESPACE", &config.namespace)
                     .env("BERTH_STORE_URL", &config.store.api_root)
                     .env("BERTH_STORE_OWNER", &config.store.owner)
+                    // Selection variables of the worker that the assigner's environment
+                    // might carry (e.g. `BERTH_POOL` of a CI job); the flags above decide.
+                    .env_remove("BERTH_POOL")
+                    .env_remove("BERTH_SLOTS")
+                    .env_remove("BERTH_ALL_SLOTS")
+                    .env_remove("BERTH_FAKE")
                     .stdin(Stdio::null())
                     .kill_on_drop(true);
                 if let Some(credentials) = &config.store.credentials_file {
