@@ -184,7 +184,7 @@ async fn connection_loop(
     let mut epoch = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let name = format!("berth-assigner-{}", std::process::id());
+        let name = format!("berth-assigner-{}-{}", config.names.namespace(), std::process::id());
         let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &name, &cancel).await
         else {
             break;

@@ -102,7 +102,7 @@ pub fn fake_workers(namespace: &str, slots: &[String], claim_ms: u64) -> Proc {
         .env("BERTH_NAMESPACE", namespace)
         .env("BERTH_AMQP_URL", amqp_url())
         .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", std::env::var("BERTH_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+        .env("RUST_LOG", std::env::var("BERTH_TEST_WORKER_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
         .stdin(Stdio::null());
     for slot in slots {
         command.arg("--slot").arg(slot);
