@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use berth::store::{MemoryStore, SlotStore};
+use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
 use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
 use berth_worker::fake::FakeStore;
 
@@ -57,9 +58,18 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Launchpad store of the configuration. Workers write slot records, so they need
+/// credentials.
 fn real_store(config: &berth::config::Config) -> anyhow::Result<Arc<dyn SlotStore>> {
-    let _ = config;
-    anyhow::bail!("this build has no Launchpad store client yet; run with --fake")
+    let store =
+        LaunchpadStore::from_config(&config.store).context("cannot set up the store client")?;
+    if !store.can_write() {
+        anyhow::bail!(
+            "workers write slot records: name a launchpadlib credentials file with \
+             --credentials or BERTH_CREDENTIALS (or run with --fake)"
+        );
+    }
+    Ok(Arc::new(store))
 }
 
 /// Cancels on SIGTERM or Ctrl-C.
@@ -89,8 +99,10 @@ async fn stop_on_signal(cancel: CancellationToken) {
 fn init_logging() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=error,amq_protocol=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }

@@ -27,6 +27,8 @@ use berth::store::slot::{SlotView, read_slot};
 use berth::store::{MemoryStore, SlotStore};
 use berth_worker::WorkerOptions;
 
+pub mod launchpad;
+
 pub const POOL: &str = "ppa";
 
 pub fn amqp_url() -> String {
