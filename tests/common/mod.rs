@@ -84,7 +84,15 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so that a supervisor stops its children; SIGKILL if it lingers.
     fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

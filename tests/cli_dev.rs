@@ -1,0 +1,249 @@
+//! `berth dev` as a user runs it (the real binary, which supervises real `berth-worker`
+//! processes over the in-process fake Launchpad), driven over HTTP, by the `berth` client
+//! commands, and by `tests/curl.sh`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use berth::config::Config;
+use common::*;
+
+/// A running `berth dev` in its own namespace, on ports picked by the system.
+struct Dev {
+    proc: Proc,
+    base: String,
+    config: Config,
+}
+
+impl Dev {
+    fn start(slots: usize) -> Dev {
+        worker_bin();
+        let mut config = Config::dev(slots);
+        config.namespace = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let mut child = Command::new(berth_bin())
+            .args(["dev", "--listen", "127.0.0.1:0", "--store-listen", "127.0.0.1:0", "--slots"])
+            .arg(slots.to_string())
+            .env("BERTH_NAMESPACE", &config.namespace)
+            .env("BERTH_AMQP_URL", amqp_url())
+            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start berth dev");
+        let stdout = child.stdout.take().unwrap();
+        let proc = Proc(child);
+        // The first line names the assigner once it is ready.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        let base = loop {
+            let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+                panic!("berth dev did not announce itself within 30 s; printed: {seen:?}")
+            });
+            if let Some(at) = line.find("assigner at http://") {
+                break line[at + "assigner at ".len()..].trim().to_owned();
+            }
+            seen.push(line);
+        };
+        Dev { proc, base, config }
+    }
+
+    /// Runs the `berth` client with `args` against this stack.
+    fn berth(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(berth_bin())
+            .args(args)
+            .env("BERTH_URL", &self.base)
+            .envs(env.iter().copied())
+            .env_remove("BERTH_SLOT")
+            .env_remove("BERTH_LEASE_TOKEN")
+            .output()
+            .expect("run berth")
+    }
+
+    async fn stop(mut self) {
+        let status = self.proc.signal_and_wait(Signal::SIGTERM);
+        assert!(status.success(), "berth dev stops cleanly on SIGTERM: {status}");
+        delete_queues(&self.config).await;
+    }
+}
+
+/// Processes whose command line mentions `needle` (the dev stack's worker processes name its
+/// generated config file).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `slot` shows as free in a view read after `after` (the view may be cached).
+async fn slot_free(
+    http: &reqwest::Client,
+    base: &str,
+    slot: &str,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let slots = get(http, &format!("{base}/v1/slots")).await.json;
+    let as_of: chrono::DateTime<chrono::Utc> = slots["as_of"].as_str().unwrap_or_default().parse().map_err(|_| slots.to_string())?;
+    if as_of < after {
+        return Err(format!("view as of {as_of} is older than {after}"));
+    }
+    let state = slots["slots"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["slot"] == slot))
+        .map(|s| s["state"].clone())
+        .unwrap_or(Value::Null);
+    if state == "free" { Ok(()) } else { Err(format!("{slot} is {state}")) }
+}
+
+#[tokio::test]
+async fn dev_stack_hands_out_renews_and_takes_back_slots() {
+    let dev = Dev::start(4);
+    let http = reqwest::Client::new();
+    let acquire_url = format!("{}/v1/pools/ppa/acquire", dev.base);
+
+    // Four acquires succeed, each with its own PPA.
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let lease = acquire_ok(&http, &dev.base, &format!("job-{i}"), 10).await;
+        let slot = lease["slot"].as_str().unwrap().to_owned();
+        assert_eq!(lease["resource"]["reference"], format!("ppa:berth-ci/{slot}"), "{lease}");
+        held.push(lease);
+    }
+    let mut slots: Vec<_> = held.iter().map(|l| l["slot"].as_str().unwrap()).collect();
+    slots.sort();
+    assert_eq!(slots, ["ppa-1", "ppa-2", "ppa-3", "ppa-4"]);
+
+    // A fifth waits about 2 s, then 503 with Retry-After.
+    let started = Instant::now();
+    let fifth = post(&http, &acquire_url, json!({"owner": "job-5", "wait_secs": 2})).await;
+    let waited = started.elapsed();
+    assert_eq!(fifth.status, StatusCode::SERVICE_UNAVAILABLE, "{}", fifth.text);
+    assert!(fifth.retry_after.is_some(), "503 with Retry-After");
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(4), "{waited:?}");
+
+    // The CLI says the same with exit code 3.
+    let out = dev.berth(&["acquire", "--pool", "ppa", "--wait", "1s"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no slot"));
+
+    // Renew moves lease_expires later.
+    let first = &held[0];
+    let (slot, token) = (first["slot"].as_str().unwrap(), first["lease_token"].as_str().unwrap());
+    let renewed = post(
+        &http,
+        &format!("{}/v1/slots/{slot}/renew", dev.base),
+        json!({"lease_token": token, "lease_secs": 7200}),
+    )
+    .await;
+    assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text);
+    assert!(renewed.json["lease_expires"].as_str().unwrap() > first["lease_expires"].as_str().unwrap());
+
+    // Bad input 400, unknown pool 404, wrong token 403.
+    let bad = post(&http, &acquire_url, json!({"owner": "me", "lease_secs": -1})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    let unknown = post(&http, &format!("{}/v1/pools/gpu/acquire", dev.base), json!({"owner": "me"})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    let release_url = format!("{}/v1/slots/{slot}/release", dev.base);
+    let wrong = post(&http, &release_url, json!({"lease_token": "f".repeat(64)})).await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN, "{}", wrong.text);
+
+    // Release: 202, the slot is cleaned and free again, and acquirable.
+    let released = post(&http, &release_url, json!({"lease_token": token})).await;
+    assert_eq!(released.status, StatusCode::ACCEPTED, "{}", released.text);
+    let now = chrono::Utc::now();
+    wait_for("the released slot to be free", Duration::from_secs(15), || slot_free(&http, &dev.base, slot, now)).await;
+    let again = post(&http, &release_url, json!({"lease_token": token})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "a second release: not held: {}", again.text);
+    let next = acquire_ok(&http, &dev.base, "job-6", 10).await;
+    assert_eq!(next["slot"], slot);
+
+    // `berth status` shows the pool.
+    let out = dev.berth(&["status"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ppa-4") && text.contains("used"), "{text}");
+
+    // SIGTERM stops the whole stack, workers included.
+    let config_dir = format!("berth-dev-{}", dev.proc.pid());
+    assert_eq!(processes_mentioning(&config_dir).len(), 4, "one worker per slot");
+    dev.stop().await;
+    let left = processes_mentioning(&config_dir);
+    assert!(left.is_empty(), "worker processes left behind: {left:?}");
+}
+
+#[tokio::test]
+async fn berth_run_releases_the_slot_whatever_its_command_does() {
+    let dev = Dev::start(1);
+    let http = reqwest::Client::new();
+
+    // The command sees its slot, fails with 7; berth run exits 7 and the slot comes back.
+    let script = r#"test "$BERTH_SLOT" = ppa-1 && test -n "$BERTH_LEASE_TOKEN" && test -n "$BERTH_LEASE_EXPIRES" && echo "$BERTH_POOL $BERTH_PPA"; exit 7"#;
+    let out = dev.berth(&["run", "--pool", "ppa", "--wait", "10", "--", "sh", "-c", script], &[]);
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ppa ppa:berth-ci/ppa-1\n");
+    let now = chrono::Utc::now();
+    wait_for("ppa-1 to be free again", Duration::from_secs(15), || slot_free(&http, &dev.base, "ppa-1", now)).await;
+
+    // A command that cannot start: 127, and the slot is released too.
+    let out = dev.berth(&["run", "--pool", "ppa", "--wait", "10", "--", "/no/such/command"], &[]);
+    assert_eq!(out.status.code(), Some(127), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let now = chrono::Utc::now();
+    wait_for("ppa-1 to be free again", Duration::from_secs(15), || slot_free(&http, &dev.base, "ppa-1", now)).await;
+
+    // The shell pipeline: eval the env output, renew and release from the environment.
+    let pipeline = r#"set -e
+        eval "$("$BERTH" acquire --pool ppa --wait 10 --lease 10m --format env)"
+        test "$BERTH_SLOT" = ppa-1
+        "$BERTH" renew --lease 20m
+        "$BERTH" release
+        set +e
+        "$BERTH" renew
+        echo "renew after release: $?""#;
+    let out = Command::new("sh")
+        .args(["-c", pipeline])
+        .env("BERTH", berth_bin())
+        .env("BERTH_URL", &dev.base)
+        .env_remove("BERTH_SLOT")
+        .env_remove("BERTH_LEASE_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("renewed until") && stdout.contains("released ppa-1"), "{stdout}");
+    assert!(stdout.contains("renew after release: 4"), "not held → exit 4: {stdout}");
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn curl_script_drives_the_api_like_a_ci_job() {
+    let dev = Dev::start(2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/curl.sh");
+    let out = Command::new("bash").arg(script).env("BERTH_URL", &dev.base).output().expect("run bash");
+    assert!(
+        out.status.success(),
+        "tests/curl.sh failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok\n"));
+    dev.stop().await;
+}
