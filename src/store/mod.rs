@@ -4,6 +4,7 @@
 //! Launchpad web service, [`MemoryStore`] keeps everything in memory for tests and fake
 //! workers. [`slot`] builds the compare-and-swap record operations on top.
 
+mod collection;
 mod error;
 pub mod launchpad;
 pub mod memory;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub use error::StoreError;
 pub use launchpad::LaunchpadStore;
 pub use memory::MemoryStore;
+pub use oauth::Credentials;
 
 /// One archive (PPA) as the store shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
