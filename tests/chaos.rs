@@ -27,17 +27,28 @@ const CLIENTS: usize = 12;
 const POOL: &str = "ppa";
 
 fn chaos_secs() -> u64 {
-    std::env::var("BERTH_CHAOS_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60)
+    std::env::var("BERTH_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
 }
 
 fn bin(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process that is killed when dropped.
@@ -47,7 +58,11 @@ struct Proc {
 
 impl Proc {
     fn spawn(program: &Path, args: &[&str], log: &Path) -> Proc {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
@@ -83,14 +98,22 @@ impl Stack {
     fn start_assigner(&mut self) {
         let config = self.config.to_str().unwrap().to_owned();
         let log = self.dir.join("assigner.log");
-        self.assigner = Some(Proc::spawn(&bin("berth"), &["assigner", "--config", &config], &log));
+        self.assigner = Some(Proc::spawn(
+            &bin("berth"),
+            &["assigner", "--config", &config],
+            &log,
+        ));
     }
 
     fn start_worker(&mut self, i: usize) {
         let config = self.config.to_str().unwrap().to_owned();
         let slot = format!("ppa-{}", i + 1);
         let log = self.dir.join(format!("worker-{slot}.log"));
-        let proc = Proc::spawn(&bin("berth-worker"), &["--config", &config, "--slot", &slot], &log);
+        let proc = Proc::spawn(
+            &bin("berth-worker"),
+            &["--config", &config, "--slot", &slot],
+            &log,
+        );
         self.workers[i] = Some(proc);
     }
 }
@@ -176,9 +199,11 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
                 continue;
             }
             other => {
-                tally.lock().unwrap().violations.push(format!(
-                    "inv4: acquire by {owner} answered {other} {body}"
-                ));
+                tally
+                    .lock()
+                    .unwrap()
+                    .violations
+                    .push(format!("inv4: acquire by {owner} answered {other} {body}"));
                 continue;
             }
         }
@@ -198,12 +223,23 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
             // Never released: the lease must bring it back.
             let mut t = tally.lock().unwrap();
             t.never_released += 1;
-            t.held.push(Held { owner, slot, token_sha256, from: got, until });
+            t.held.push(Held {
+                owner,
+                slot,
+                token_sha256,
+                from: got,
+                until,
+            });
             continue;
         }
         if roll < 0.2 {
             let wrong = berth::lease::new_token();
-            let r = post(&http, &format!("{url}/v1/slots/{slot}/release"), json!({"lease_token": wrong})).await;
+            let r = post(
+                &http,
+                &format!("{url}/v1/slots/{slot}/release"),
+                json!({"lease_token": wrong}),
+            )
+            .await;
             if let Some((code, _)) = r {
                 if code == 403 {
                     tally.lock().unwrap().wrong_token_refused += 1;
@@ -236,7 +272,13 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
                 break;
             }
             let sent = Instant::now();
-            match post(&http, &format!("{url}/v1/slots/{slot}/release"), json!({"lease_token": token})).await {
+            match post(
+                &http,
+                &format!("{url}/v1/slots/{slot}/release"),
+                json!({"lease_token": token}),
+            )
+            .await
+            {
                 Some((202, _)) => {
                     released_at = Some(sent);
                     break;
@@ -255,12 +297,24 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
             t.releases += 1;
         }
         let until = released_at.map_or(until, |r| r.min(until));
-        t.held.push(Held { owner, slot, token_sha256, from: got, until });
+        t.held.push(Held {
+            owner,
+            slot,
+            token_sha256,
+            from: got,
+            until,
+        });
     }
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> Option<(u16, Value)> {
-    let r = http.post(url).json(&body).timeout(Duration::from_secs(10)).send().await.ok()?;
+    let r = http
+        .post(url)
+        .json(&body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
     let code = r.status().as_u16();
     Some((code, r.json().await.unwrap_or(Value::Null)))
 }
@@ -313,12 +367,18 @@ async fn invariants_hold_under_faults() {
     eprintln!("chaos: seed={seed} (BERTH_CHAOS_SEED to replay the schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let mut broker = tokio::task::spawn_blocking(PrivateBroker::start).await.unwrap();
+    let mut broker = tokio::task::spawn_blocking(PrivateBroker::start)
+        .await
+        .unwrap();
     let broker_addr: SocketAddr = format!("127.0.0.1:{}", broker.port).parse().unwrap();
     let proxy = Proxy::start(broker_addr).await;
     let fake = FakeLaunchpad::start(
         "127.0.0.1:0".parse().unwrap(),
-        FakeConfig { ppas: SLOTS, deletion_delay: Duration::from_millis(50), ..FakeConfig::default() },
+        FakeConfig {
+            ppas: SLOTS,
+            deletion_delay: Duration::from_millis(50),
+            ..FakeConfig::default()
+        },
     )
     .await
     .unwrap();
@@ -369,7 +429,12 @@ slots = [{slots}]
     .unwrap();
 
     let url = format!("http://127.0.0.1:{port}");
-    let mut stack = Stack { dir: dir.clone(), config, assigner: None, workers: vec![] };
+    let mut stack = Stack {
+        dir: dir.clone(),
+        config,
+        assigner: None,
+        workers: vec![],
+    };
     stack.workers.resize_with(SLOTS, || None);
     for i in 0..SLOTS {
         stack.start_worker(i);
@@ -386,7 +451,15 @@ slots = [{slots}]
     let run = Duration::from_secs(chaos_secs());
     let stop = Instant::now() + run;
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| tokio::spawn(client_loop(i, url.clone(), tally.clone(), stop, seed ^ (i as u64 + 1))))
+        .map(|i| {
+            tokio::spawn(client_loop(
+                i,
+                url.clone(),
+                tally.clone(),
+                stop,
+                seed ^ (i as u64 + 1),
+            ))
+        })
         .collect();
 
     // The fault schedule.
@@ -431,17 +504,26 @@ slots = [{slots}]
                 proxy.resume();
             }
             Fault::Store5xx => {
-                fake.set_faults(Faults { error_rate: 0.5, ..Faults::default() });
+                fake.set_faults(Faults {
+                    error_rate: 0.5,
+                    ..Faults::default()
+                });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
                 fake.set_faults(Faults::default());
             }
             Fault::StoreSlow => {
-                fake.set_faults(Faults { latency_ms: 400, ..Faults::default() });
+                fake.set_faults(Faults {
+                    latency_ms: 400,
+                    ..Faults::default()
+                });
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
                 fake.set_faults(Faults::default());
             }
             Fault::Store412 => {
-                fake.set_faults(Faults { forced_conflicts: 3, ..Faults::default() });
+                fake.set_faults(Faults {
+                    forced_conflicts: 3,
+                    ..Faults::default()
+                });
             }
         }
         let recovered = wait_ready(&http, &url, Duration::from_secs(30)).await;
@@ -475,7 +557,11 @@ slots = [{slots}]
     check_history(&fake, &mut tally);
     check_overlaps(&mut tally);
 
-    let faults = injected.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",");
+    let faults = injected
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let total: u32 = injected.values().sum();
     for v in tally.violations.iter().take(20) {
         eprintln!("violation: {v}");
@@ -500,8 +586,17 @@ slots = [{slots}]
         tally.never_released,
         dir.display()
     );
-    assert!(tally.acquires > 0, "no acquire succeeded at all; see the logs in {}", dir.display());
-    assert!(tally.violations.is_empty(), "{} violations; see the logs in {}", tally.violations.len(), dir.display());
+    assert!(
+        tally.acquires > 0,
+        "no acquire succeeded at all; see the logs in {}",
+        dir.display()
+    );
+    assert!(
+        tally.violations.is_empty(),
+        "{} violations; see the logs in {}",
+        tally.violations.len(),
+        dir.display()
+    );
     drop(stack);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -536,20 +631,23 @@ fn check_history(fake: &FakeLaunchpad, tally: &mut Tally) {
     let mut claims: HashMap<(String, String), String> = HashMap::new();
     for write in fake.history() {
         let record = parse_description(&write.description).record;
-        let prev = last.insert(write.ppa.clone(), record.as_ref().map(|r| r.state)).flatten();
+        let prev = last
+            .insert(write.ppa.clone(), record.as_ref().map(|r| r.state))
+            .flatten();
         let Some(record) = record else { continue };
-        if record.state == SlotState::Used && prev != Some(SlotState::Used) {
-            if prev != Some(SlotState::Free) {
-                tally.violations.push(format!(
-                    "inv1: {} claimed from {prev:?}, not from free (write {})",
-                    write.ppa, write.seq
-                ));
-            }
+        if record.state == SlotState::Used
+            && prev != Some(SlotState::Used)
+            && prev != Some(SlotState::Free)
+        {
+            tally.violations.push(format!(
+                "inv1: {} claimed from {prev:?}, not from free (write {})",
+                write.ppa, write.seq
+            ));
         }
-        if record.state == SlotState::Used {
-            if let (Some(owner), Some(hash)) = (record.owner.clone(), record.lease_sha256.clone()) {
-                claims.insert((write.ppa.clone(), hash), owner);
-            }
+        if record.state == SlotState::Used
+            && let (Some(owner), Some(hash)) = (record.owner.clone(), record.lease_sha256.clone())
+        {
+            claims.insert((write.ppa.clone(), hash), owner);
         }
     }
     for h in &tally.held {
@@ -569,13 +667,12 @@ fn count_expiries(fake: &FakeLaunchpad) -> usize {
     let mut n = 0;
     for write in fake.history() {
         let record = parse_description(&write.description).record;
-        if let (Some(Some(before)), Some(after)) = (prev.get(&write.ppa), record.as_ref()) {
-            if before.state == SlotState::Used
-                && after.state == SlotState::Dirty
-                && before.lease_expires.is_some_and(|e| e <= write.at)
-            {
-                n += 1;
-            }
+        if let (Some(Some(before)), Some(after)) = (prev.get(&write.ppa), record.as_ref())
+            && before.state == SlotState::Used
+            && after.state == SlotState::Dirty
+            && before.lease_expires.is_some_and(|e| e <= write.at)
+        {
+            n += 1;
         }
         prev.insert(write.ppa.clone(), record);
     }
@@ -583,7 +680,12 @@ fn count_expiries(fake: &FakeLaunchpad) -> usize {
 }
 
 async fn free_slots(http: &reqwest::Client, url: &str) -> Option<usize> {
-    let r = http.get(format!("{url}/v1/slots")).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let r = http
+        .get(format!("{url}/v1/slots"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
     let body: Value = r.json().await.ok()?;
     let slots = body["slots"].as_array()?;
     Some(slots.iter().filter(|s| s["state"] == "free").count())
@@ -592,10 +694,14 @@ async fn free_slots(http: &reqwest::Client, url: &str) -> Option<usize> {
 async fn wait_ready(http: &reqwest::Client, url: &str, limit: Duration) -> Duration {
     let start = Instant::now();
     while start.elapsed() < limit {
-        if let Ok(r) = http.get(format!("{url}/readyz")).timeout(Duration::from_secs(2)).send().await {
-            if r.status().is_success() {
-                return start.elapsed();
-            }
+        let probe = http
+            .get(format!("{url}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send();
+        if let Ok(r) = probe.await
+            && r.status().is_success()
+        {
+            return start.elapsed();
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -622,6 +728,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    assert!(wait_until(limit, check).await, "timed out after {limit:?} waiting for {what}");
+    assert!(
+        wait_until(limit, check).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
 }
-

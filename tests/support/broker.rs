@@ -18,7 +18,11 @@ pub struct PrivateBroker {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl PrivateBroker {
@@ -27,8 +31,13 @@ impl PrivateBroker {
         let name = format!("berth-{}", uuid::Uuid::new_v4().simple());
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut broker =
-            PrivateBroker { dir, name, port: free_port(), dist_port: free_port(), child: None };
+        let mut broker = PrivateBroker {
+            dir,
+            name,
+            port: free_port(),
+            dist_port: free_port(),
+            child: None,
+        };
         broker.launch();
         broker
     }
@@ -50,7 +59,10 @@ impl PrivateBroker {
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", self.dir.join("enabled_plugins"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
             .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"))
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -74,7 +86,10 @@ impl PrivateBroker {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("private broker on port {} not ready within {limit:?}", self.port);
+        panic!(
+            "private broker on port {} not ready within {limit:?}",
+            self.port
+        );
     }
 
     /// Stops the node (SIGTERM, then SIGKILL) and starts it again on the same port and data.

@@ -28,12 +28,20 @@ impl Proxy {
         let stalled2 = stalled.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 let cut = gen_tx.subscribe();
                 tokio::spawn(pipe(inbound, target, stalled2.clone(), cut));
             }
         });
-        Proxy { addr, stalled, generation, cuts: AtomicU64::new(0), task }
+        Proxy {
+            addr,
+            stalled,
+            generation,
+            cuts: AtomicU64::new(0),
+            task,
+        }
     }
 
     /// Closes every open connection at once (new ones are accepted again).
