@@ -33,6 +33,10 @@ fn spawn(
     store: Arc<dyn SlotStore>,
     options: WorkerOptions,
 ) -> Workers {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,lapin=error,lapin::channel=off")
+        .with_test_writer()
+        .try_init();
     let cancel = CancellationToken::new();
     let specs = slots
         .iter()
@@ -383,6 +387,43 @@ async fn failed_cleanings_are_counted_and_retried() {
         (view.record.clean_failures, view.record.last_error),
         (0, None)
     );
+
+    workers.stop().await;
+    client.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_disabled_slot_serves_nobody_until_enabled() {
+    let config = config(&["ppa-1"]);
+    let store = Arc::new(MemoryStore::new("berth-ci", ["ppa-1"]));
+    let disabled = berth::record::SlotRecord::new(SlotState::Disabled, chrono::Utc::now());
+    store.insert(
+        "ppa-1",
+        &berth::record::render_description("ops", &disabled),
+    );
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+
+    let token = berth::lease::new_token();
+    assert_eq!(
+        client.renew("ppa-1", &token, 60).await.outcome,
+        RenewOutcome::NotHeld
+    );
+    let id = client.request("ci-1", 60).await;
+    assert!(
+        client.no_reply_within(Duration::from_millis(600)).await,
+        "a disabled slot answered"
+    );
+    assert_eq!(
+        read_slot(&*store, "ppa-1").await.unwrap().record.state,
+        SlotState::Disabled
+    );
+
+    // An operator enables it (writes free): the waiting request is served.
+    let free = berth::record::SlotRecord::new(SlotState::Free, chrono::Utc::now());
+    store.insert("ppa-1", &berth::record::render_description("ops", &free));
+    let reply: berth::protocol::AssignReply = client.reply_for(id, WITHIN).await;
+    assert_eq!(reply.slot, "ppa-1");
 
     workers.stop().await;
     client.cleanup().await;
