@@ -428,3 +428,31 @@ async fn a_disabled_slot_serves_nobody_until_enabled() {
     workers.stop().await;
     client.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_consumer_is_dropped_takes_the_lock_again_and_resumes_from_the_store() {
+    let config = config(&["ppa-1"]);
+    let store = free_store(&["ppa-1"]);
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+    let reply = client.assign("ci-1", 300).await;
+
+    // Deleting the control queue makes the broker cancel the worker's lock consumer, as a
+    // lost connection would end it: the worker must start over from lock and store record.
+    let queue = client.names.slot_queue("ppa-1");
+    client
+        .channel
+        .queue_delete(queue.clone().into(), Default::default())
+        .await
+        .unwrap();
+    berth::broker::declare_slot_queue(&client.channel, &client.names, "ppa-1")
+        .await
+        .unwrap();
+    let renewed = client.renew("ppa-1", &reply.lease_token, 300).await;
+    assert_eq!(renewed.outcome, RenewOutcome::Renewed);
+    client.release("ppa-1", &reply.lease_token).await;
+    wait_state(&*store, "ppa-1", SlotState::Free, WITHIN).await;
+
+    workers.stop().await;
+    client.cleanup().await;
+}
