@@ -1,2 +1,111 @@
-//! `berth-worker`: slot workers. To be written.
-fn main() {}
+//! `berth-worker`: hosts slot workers (see the library). Parses flags, sets up logging and
+//! signal handling, and runs the slots until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
+use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
+use berth_worker::fake::FakeStore;
+
+/// How long the slot workers get to settle their messages after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_logging();
+    let args = WorkerArgs::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("berth-worker: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    let slots = args.select_slots(&config)?;
+    let mut options = args.worker_options(&config);
+    options.crash_after_claim = std::env::var(CRASH_AFTER_CLAIM_ENV).is_ok_and(|v| v == "1");
+    let store: Arc<dyn SlotStore> = if args.fake {
+        let memory = MemoryStore::new(&config.store.owner, slots.iter().map(|s| s.slot.clone()));
+        Arc::new(FakeStore::new(memory, args.fake_options()))
+    } else {
+        real_store(&config)?
+    };
+    let names: Vec<&str> = slots.iter().map(|s| s.slot.as_str()).collect();
+    tracing::info!(slots = %names.join(","), fake = args.fake, namespace = %config.namespace, "starting");
+
+    let cancel = CancellationToken::new();
+    tokio::spawn(stop_on_signal(cancel.clone()));
+    let workers = berth_worker::run_slots(Arc::new(config), slots, store, options, cancel.clone());
+    tokio::pin!(workers);
+    tokio::select! {
+        result = &mut workers => result?,
+        () = async { cancel.cancelled().await; tokio::time::sleep(DRAIN_TIMEOUT).await } => {
+            anyhow::bail!("slot workers did not stop within {DRAIN_TIMEOUT:?}");
+        }
+    }
+    tracing::info!("all slot workers stopped");
+    Ok(())
+}
+
+/// The Launchpad store of the configuration. Workers write slot records, so they need
+/// credentials.
+fn real_store(config: &berth::config::Config) -> anyhow::Result<Arc<dyn SlotStore>> {
+    let store =
+        LaunchpadStore::from_config(&config.store).context("cannot set up the store client")?;
+    if !store.can_write() {
+        anyhow::bail!(
+            "workers write slot records: name a launchpadlib credentials file with \
+             --credentials or BERTH_CREDENTIALS (or run with --fake)"
+        );
+    }
+    Ok(Arc::new(store))
+}
+
+/// Cancels on SIGTERM or Ctrl-C.
+async fn stop_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown asked for; finishing the steps in hand");
+    cancel.cancel();
+}
+
+/// Logs to stderr. lapin logs returned messages whole at `warn` (a returned reply holds a
+/// lease token), and every refused exclusive consume at `error` (a standby worker retries
+/// every second): keep those quiet unless `RUST_LOG` says otherwise. What matters reaches
+/// the worker as an error and is logged by it.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,lapin=error,lapin::channel=off,amq_protocol=warn")
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}

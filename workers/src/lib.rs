@@ -1,0 +1,25 @@
+//! berth slot workers (DESIGN §1–3): one independent task per slot that holds the slot lock,
+//! claims assign requests while its slot is free, answers release and renew, takes expired
+//! leases back and cleans the slot. Every bit of slot state lives in the store record; a
+//! worker keeps in memory only the last view it read or wrote, so it can be killed at any
+//! moment and a successor resumes from the store.
+//!
+//! [`run_slots`] hosts any number of slot workers in one process; the `berth-worker` binary
+//! is a thin shell around it (flags in [`cli`]).
+
+mod claim;
+mod clean;
+pub mod cli;
+mod connection;
+mod control;
+mod events;
+mod expiry;
+pub mod fake;
+mod lock;
+mod options;
+mod process;
+mod slot;
+
+pub use events::event_publish_failures;
+pub use options::{SlotSpec, WorkerOptions};
+pub use process::{RunError, run_slots};
