@@ -49,7 +49,10 @@ pub async fn connect_with_backoff(
 
 /// The options every durable queue of berth is declared with.
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 /// Declares the events exchange and the dead-letter queue.
@@ -58,11 +61,16 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
         .exchange_declare(
             names.events_exchange().into(),
             ExchangeKind::Topic,
-            ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await?;
-    channel.queue_declare(names.dead_queue().into(), durable(), FieldTable::default()).await?;
+    channel
+        .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
+        .await?;
     Ok(())
 }
 
@@ -72,7 +80,13 @@ pub async fn declare_pool_queue(
     names: &Names,
     pool: &str,
 ) -> Result<(), lapin::Error> {
-    channel.queue_declare(names.assign_queue(pool).into(), durable(), FieldTable::default()).await?;
+    channel
+        .queue_declare(
+            names.assign_queue(pool).into(),
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -82,7 +96,13 @@ pub async fn declare_slot_queue(
     names: &Names,
     slot: &str,
 ) -> Result<(), lapin::Error> {
-    channel.queue_declare(names.slot_queue(slot).into(), durable(), FieldTable::default()).await?;
+    channel
+        .queue_declare(
+            names.slot_queue(slot).into(),
+            durable(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -101,12 +121,19 @@ pub async fn dead_letter(
     reason: &str,
 ) -> Result<(), lapin::Error> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.to_owned().into()));
+    headers.insert(
+        REASON_HEADER.into(),
+        AMQPValue::LongString(reason.to_owned().into()),
+    );
     headers.insert(
         "x-berth-original-queue".into(),
         AMQPValue::LongString(delivery.routing_key.as_str().to_owned().into()),
     );
-    let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(PERSISTENT);
+    let properties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(PERSISTENT);
     channel
         .basic_publish(
             ShortString::from(""),
@@ -118,7 +145,11 @@ pub async fn dead_letter(
         .await?
         .await?;
     delivery.ack(BasicAckOptions::default()).await?;
-    tracing::warn!(reason, queue = delivery.routing_key.as_str(), "refused a message; moved it to the dead-letter queue");
+    tracing::warn!(
+        reason,
+        queue = delivery.routing_key.as_str(),
+        "refused a message; moved it to the dead-letter queue"
+    );
     Ok(())
 }
 

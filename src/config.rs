@@ -124,28 +124,43 @@ impl Default for WorkerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration{}: key `{key}`: {message}", origin(.path))]
-    Invalid { path: Option<PathBuf>, key: String, message: String },
+    Invalid {
+        path: Option<PathBuf>,
+        key: String,
+        message: String,
+    },
 }
 
 fn origin(path: &Option<PathBuf>) -> String {
-    path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default()
+    path.as_ref()
+        .map(|p| format!(" in {}", p.display()))
+        .unwrap_or_default()
 }
 
 impl Config {
     /// Reads and checks a config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let config: Config = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, message, .. } => {
-                ConfigError::Invalid { path: Some(path.to_owned()), key, message }
-            }
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                path: Some(path.to_owned()),
+                key,
+                message,
+            },
             other => other,
         })?;
         Ok(config)
@@ -162,7 +177,11 @@ impl Config {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, message: &str| {
-            Err(ConfigError::Invalid { path: None, key, message: message.to_owned() })
+            Err(ConfigError::Invalid {
+                path: None,
+                key,
+                message: message.to_owned(),
+            })
         };
         if !valid_name(&self.namespace) {
             return invalid("namespace".into(), NAME_RULE);
@@ -170,18 +189,28 @@ impl Config {
         if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
             return invalid("amqp_url".into(), "must start with amqp:// or amqps://");
         }
-        if !(self.store.api_root.starts_with("http://") || self.store.api_root.starts_with("https://"))
+        if !(self.store.api_root.starts_with("http://")
+            || self.store.api_root.starts_with("https://"))
         {
-            return invalid("store.api_root".into(), "must be an http:// or https:// URL");
+            return invalid(
+                "store.api_root".into(),
+                "must be an http:// or https:// URL",
+            );
         }
         if self.store.owner.is_empty() {
-            return invalid("store.owner".into(), "must name the Launchpad owner of the PPAs");
+            return invalid(
+                "store.owner".into(),
+                "must name the Launchpad owner of the PPAs",
+            );
         }
         if self.store.timeout_secs == 0 {
             return invalid("store.timeout_secs".into(), "must be at least 1");
         }
         if self.default_lease_secs == 0 || self.default_lease_secs > self.max_lease_secs {
-            return invalid("default_lease_secs".into(), "must be between 1 and max_lease_secs");
+            return invalid(
+                "default_lease_secs".into(),
+                "must be between 1 and max_lease_secs",
+            );
         }
         if self.default_wait_secs > self.max_wait_secs {
             return invalid("default_wait_secs".into(), "must not exceed max_wait_secs");
@@ -201,7 +230,10 @@ impl Config {
                 return invalid(format!("pools[{i}].name"), NAME_RULE);
             }
             if !seen_pools.insert(&pool.name) {
-                return invalid(format!("pools[{i}].name"), "names a pool that is already defined");
+                return invalid(
+                    format!("pools[{i}].name"),
+                    "names a pool that is already defined",
+                );
             }
             if pool.slots.is_empty() {
                 return invalid(format!("pools[{i}].slots"), "must list at least one slot");
@@ -228,7 +260,9 @@ impl Config {
 
     /// The pool that slot `slot` belongs to.
     pub fn pool_of(&self, slot: &str) -> Option<&PoolConfig> {
-        self.pools.iter().find(|p| p.slots.iter().any(|s| s == slot))
+        self.pools
+            .iter()
+            .find(|p| p.slots.iter().any(|s| s == slot))
     }
 
     /// The names object for this deployment's namespace.
@@ -248,14 +282,15 @@ impl Config {
     }
 }
 
-const NAME_RULE: &str =
-    "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
+const NAME_RULE: &str = "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
 
 /// Whether `name` is safe inside AMQP names, routing keys and URL paths.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -311,11 +346,17 @@ mod tests {
     fn errors_name_file_and_key() {
         let (_d, path) = write("[[pools]]\nname = \"p\"\nslots = [\"a b\"]\n");
         let msg = Config::from_file(&path).unwrap_err().to_string();
-        assert!(msg.contains("berth.toml") && msg.contains("pools[0].slots[0]"), "{msg}");
+        assert!(
+            msg.contains("berth.toml") && msg.contains("pools[0].slots[0]"),
+            "{msg}"
+        );
 
         let (_d, path) = write("namespce = \"x\"\n");
         let msg = Config::from_file(&path).unwrap_err().to_string();
-        assert!(msg.contains("berth.toml") && msg.contains("namespce"), "{msg}");
+        assert!(
+            msg.contains("berth.toml") && msg.contains("namespce"),
+            "{msg}"
+        );
 
         let (_d, path) = write("max_wait_secs = \"long\"\n");
         let msg = Config::from_file(&path).unwrap_err().to_string();
@@ -325,7 +366,10 @@ mod tests {
     #[test]
     fn duplicate_slot_is_refused() {
         let mut c = Config::dev(2);
-        c.pools.push(PoolConfig { name: "other".into(), slots: vec!["ppa-1".into()] });
+        c.pools.push(PoolConfig {
+            name: "other".into(),
+            slots: vec!["ppa-1".into()],
+        });
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("pools[1].slots[0]"), "{msg}");
     }
@@ -361,9 +405,11 @@ impl ConfigArgs {
         let mut config = Config::load(self.config.as_deref())?;
         self.apply(&mut config);
         config.validate().map_err(|e| match e {
-            ConfigError::Invalid { key, message, .. } => {
-                ConfigError::Invalid { path: self.config.clone(), key, message }
-            }
+            ConfigError::Invalid { key, message, .. } => ConfigError::Invalid {
+                path: self.config.clone(),
+                key,
+                message,
+            },
             other => other,
         })?;
         Ok(config)

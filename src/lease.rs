@@ -18,7 +18,11 @@ pub fn token_hash(token: &str) -> String {
 pub fn token_matches(token: &str, hash: &str) -> bool {
     let computed = token_hash(token);
     computed.len() == hash.len()
-        && computed.bytes().zip(hash.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        && computed
+            .bytes()
+            .zip(hash.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]

@@ -22,7 +22,9 @@ pub struct Names {
 
 impl Names {
     pub fn new(namespace: impl Into<String>) -> Self {
-        Names { namespace: namespace.into() }
+        Names {
+            namespace: namespace.into(),
+        }
     }
 
     pub fn namespace(&self) -> &str {
@@ -82,7 +84,12 @@ pub enum Control {
     /// Give the slot back. Persistent; needs no reply.
     Release { v: u32, lease_token: String },
     /// Extend the lease. An RPC: the answer is a [`RenewReply`] to `reply_to`.
-    Renew { v: u32, request_id: Uuid, lease_token: String, lease_secs: u64 },
+    Renew {
+        v: u32,
+        request_id: Uuid,
+        lease_token: String,
+        lease_secs: u64,
+    },
 }
 
 impl Control {
@@ -177,7 +184,10 @@ pub enum DecodeError {
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let v = value.get("v").and_then(serde_json::Value::as_u64).ok_or(DecodeError::MissingVersion)?;
+    let v = value
+        .get("v")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or(DecodeError::MissingVersion)?;
     if v != u64::from(PROTOCOL_VERSION) {
         return Err(DecodeError::UnknownVersion(v));
     }
@@ -197,7 +207,10 @@ mod tests {
 
     #[test]
     fn control_round_trips_with_kind_tag() {
-        let m = Control::Release { v: 1, lease_token: "t".into() };
+        let m = Control::Release {
+            v: 1,
+            lease_token: "t".into(),
+        };
         let body = encode(&m);
         assert!(String::from_utf8_lossy(&body).contains(r#""kind":"release""#));
         assert_eq!(decode::<Control>(&body).unwrap(), m);
@@ -207,7 +220,10 @@ mod tests {
     fn unknown_version_is_named() {
         let err = decode::<Control>(br#"{"v":7,"kind":"release","lease_token":"x"}"#).unwrap_err();
         assert_eq!(err, DecodeError::UnknownVersion(7));
-        assert!(matches!(decode::<Control>(b"{"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<Control>(b"{"),
+            Err(DecodeError::Malformed(_))
+        ));
         assert_eq!(decode::<Control>(b"{}"), Err(DecodeError::MissingVersion));
     }
 

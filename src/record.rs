@@ -123,9 +123,15 @@ pub fn parse_description(description: &str) -> ParsedDescription {
             let record = serde_json::from_str::<SlotRecord>(json)
                 .ok()
                 .filter(|r| r.v == RECORD_VERSION);
-            ParsedDescription { human: human.to_owned(), record }
+            ParsedDescription {
+                human: human.to_owned(),
+                record,
+            }
         }
-        None => ParsedDescription { human: description.to_owned(), record: None },
+        None => ParsedDescription {
+            human: description.to_owned(),
+            record: None,
+        },
     }
 }
 
@@ -157,7 +163,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn sample(state: SlotState) -> SlotRecord {
-        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-22T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let mut r = SlotRecord::new(state, now);
         if state == SlotState::Used {
             r.owner = Some("ci-job-1".into());
@@ -196,9 +204,17 @@ mod tests {
     #[test]
     fn record_line_has_design_shape() {
         let json = serde_json::to_value(sample(SlotState::Used)).unwrap();
-        for key in ["v", "state", "owner", "request", "lease_sha256", "lease_expires", "touched",
-            "clean_failures", "last_error"]
-        {
+        for key in [
+            "v",
+            "state",
+            "owner",
+            "request",
+            "lease_sha256",
+            "lease_expires",
+            "touched",
+            "clean_failures",
+            "last_error",
+        ] {
             assert!(json.get(key).is_some(), "missing {key} in {json}");
         }
         assert_eq!(json["state"], "used");

@@ -69,7 +69,11 @@ impl MemoryStore {
             source_package_version: version.to_owned(),
             status: "Published".into(),
         };
-        inner.sources.entry(name.to_owned()).or_default().push(source);
+        inner
+            .sources
+            .entry(name.to_owned())
+            .or_default()
+            .push(source);
     }
 
     fn link(&self, name: &str) -> String {
@@ -88,7 +92,11 @@ impl SlotStore for MemoryStore {
     async fn archive(&self, name: &str) -> Result<Archive, StoreError> {
         self.delay().await;
         let inner = self.inner.lock().unwrap();
-        inner.archives.get(name).cloned().ok_or_else(|| StoreError::NotFound(name.to_owned()))
+        inner
+            .archives
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
     async fn set_description(
@@ -101,8 +109,10 @@ impl SlotStore for MemoryStore {
         let mut inner = self.inner.lock().unwrap();
         inner.next_etag += 1;
         let next = format!("\"mem-{}\"", inner.next_etag);
-        let archive =
-            inner.archives.get_mut(name).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        let archive = inner
+            .archives
+            .get_mut(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
         if archive.http_etag != etag {
             return Err(StoreError::Conflict);
         }
@@ -113,7 +123,14 @@ impl SlotStore for MemoryStore {
 
     async fn archives(&self) -> Result<Vec<Archive>, StoreError> {
         self.delay().await;
-        Ok(self.inner.lock().unwrap().archives.values().cloned().collect())
+        Ok(self
+            .inner
+            .lock()
+            .unwrap()
+            .archives
+            .values()
+            .cloned()
+            .collect())
     }
 
     async fn published_sources(
@@ -126,8 +143,16 @@ impl SlotStore for MemoryStore {
         if !inner.archives.contains_key(name) {
             return Err(StoreError::NotFound(name.to_owned()));
         }
-        let sources = inner.sources.get(name).map(Vec::as_slice).unwrap_or_default();
-        Ok(sources.iter().filter(|s| s.status == status).cloned().collect())
+        let sources = inner
+            .sources
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(sources
+            .iter()
+            .filter(|s| s.status == status)
+            .cloned()
+            .collect())
     }
 
     async fn request_deletion(&self, source_self_link: &str) -> Result<(), StoreError> {
@@ -164,7 +189,11 @@ mod tests {
     async fn compare_and_swap_rejects_stale_etag() {
         let store = MemoryStore::new("berth-ci", ["ppa-1"]);
         let first = read_slot(&store, "ppa-1").await.unwrap();
-        assert_eq!(first.record.state, SlotState::Dirty, "no block reads as dirty");
+        assert_eq!(
+            first.record.state,
+            SlotState::Dirty,
+            "no block reads as dirty"
+        );
         let free = SlotRecord::new(SlotState::Free, chrono::Utc::now());
         let second = write_slot(&store, &first, &free).await.unwrap();
         assert_eq!(second.record, free);
@@ -179,6 +208,12 @@ mod tests {
         let live = store.published_sources("ppa-1", "Published").await.unwrap();
         assert_eq!(live.len(), 1);
         store.request_deletion(&live[0].self_link).await.unwrap();
-        assert!(store.published_sources("ppa-1", "Published").await.unwrap().is_empty());
+        assert!(
+            store
+                .published_sources("ppa-1", "Published")
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

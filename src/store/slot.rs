@@ -24,7 +24,12 @@ impl SlotView {
         let parsed = parse_description(&archive.description);
         let unreadable = parsed.record.is_none();
         let record = parsed.record.unwrap_or_else(|| SlotRecord::unknown(now));
-        SlotView { archive, human: parsed.human, record, unreadable }
+        SlotView {
+            archive,
+            human: parsed.human,
+            record,
+            unreadable,
+        }
     }
 }
 
@@ -42,7 +47,8 @@ pub async fn write_slot(
     record: &SlotRecord,
 ) -> Result<SlotView, StoreError> {
     let description = render_description(&view.human, record);
-    let archive =
-        store.set_description(&view.archive.name, &view.archive.http_etag, &description).await?;
+    let archive = store
+        .set_description(&view.archive.name, &view.archive.http_etag, &description)
+        .await?;
     Ok(SlotView::from_archive(archive, Utc::now()))
 }

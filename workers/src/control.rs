@@ -1,8 +1,10 @@
 //! The control queue (DESIGN §3 "Renew", "Release"): consumed in every state, since the
-//! consumer is the slot lock. Only a token whose hash matches the record of a used slot
-//! renews or releases it; anything else is answered and changes nothing.
+//! consumer is the slot lock. Only a token whose hash matches the record of a used slot, with
+//! a lease not yet over by this worker's clock, renews or releases it; anything else is
+//! answered and changes nothing.
 
 use std::future::Future;
+use std::time::Duration;
 
 use chrono::Duration as ChronoDuration;
 use lapin::message::Delivery;
@@ -15,11 +17,16 @@ use berth::protocol::{
 };
 use berth::record::{SlotRecord, SlotState};
 
+use crate::expiry::lease_over;
 use crate::slot::{Session, Trouble, ack, now, requeue};
 
-/// What `token` may do with the slot whose record is `record`.
-fn standing(record: &SlotRecord, token: &str) -> RenewOutcome {
+/// What `token` may do with the slot whose record is `record`. A lease past its end plus
+/// `grace` by this worker's clock is over even while the record still says used (the expiry
+/// has not been written yet, e.g. a renew was waiting when the worker started): nobody holds
+/// it, so it can no longer be renewed.
+fn standing(record: &SlotRecord, token: &str, grace: Duration) -> RenewOutcome {
     match (&record.state, &record.lease_sha256) {
+        (SlotState::Used, _) if lease_over(record, grace) => RenewOutcome::NotHeld,
         (SlotState::Used, Some(hash)) if lease::token_matches(token, hash) => RenewOutcome::Renewed,
         (SlotState::Used, _) => RenewOutcome::WrongToken,
         _ => RenewOutcome::NotHeld,
@@ -64,9 +71,10 @@ impl Session<'_> {
     /// token changes nothing.
     async fn release(&mut self, token: &str) -> Result<(), Trouble> {
         let owner = self.view.record.owner.clone();
+        let grace = self.slot.options.lease_grace;
         let released = self
             .transition(|current| {
-                (standing(current, token) == RenewOutcome::Renewed)
+                (standing(current, token, grace) == RenewOutcome::Renewed)
                     .then(|| SlotRecord::new(SlotState::Dirty, now()))
             })
             .await?;
@@ -94,9 +102,10 @@ impl Session<'_> {
     ) -> Result<(), Trouble> {
         let lease_expires =
             now() + ChronoDuration::seconds(lease_secs.clamp(1, 10 * 365 * 24 * 3600) as i64);
+        let grace = self.slot.options.lease_grace;
         let renewed = self
             .transition(|current| {
-                (standing(current, token) == RenewOutcome::Renewed).then(|| SlotRecord {
+                (standing(current, token, grace) == RenewOutcome::Renewed).then(|| SlotRecord {
                     lease_expires: Some(lease_expires),
                     touched: now(),
                     ..current.clone()
@@ -106,7 +115,7 @@ impl Session<'_> {
         let outcome = if renewed {
             RenewOutcome::Renewed
         } else {
-            standing(&self.view.record, token)
+            standing(&self.view.record, token, grace)
         };
         tracing::info!(outcome = ?outcome, %request_id, "renew");
         if renewed {

@@ -94,11 +94,14 @@ async fn stop_on_signal(cancel: CancellationToken) {
     cancel.cancel();
 }
 
-/// Logs to stderr. lapin logs returned messages whole at `warn`, and a returned reply holds
-/// a lease token: keep lapin at `error` unless `RUST_LOG` says otherwise.
+/// Logs to stderr. lapin logs returned messages whole at `warn` (a returned reply holds a
+/// lease token), and every refused exclusive consume at `error` (a standby worker retries
+/// every second): keep those quiet unless `RUST_LOG` says otherwise. What matters reaches
+/// the worker as an error and is logged by it.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=error,amq_protocol=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new("info,lapin=error,lapin::channel=off,amq_protocol=warn")
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

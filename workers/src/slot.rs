@@ -244,9 +244,10 @@ impl<'a> Session<'a> {
         Ok(self.control.next().await.ok_or(Trouble::ConsumerGone)??)
     }
 
-    /// Waits for a release, a renew or the end of the lease.
+    /// Waits for a release, a renew or the end of the lease (looking at the clock again now
+    /// and then: [`crate::expiry::LOOK_AGAIN`]).
     async fn serve_used(&mut self) -> Result<Flow, Trouble> {
-        let wait = crate::expiry::time_left(&self.view.record, self.slot.options.lease_grace);
+        let wait = crate::expiry::next_look(&self.view.record, self.slot.options.lease_grace);
         let cancel = self.slot.cancel.clone();
         tokio::select! {
             biased;

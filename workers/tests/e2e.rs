@@ -123,6 +123,7 @@ async fn of_two_workers_for_one_slot_only_one_claims_and_the_other_takes_over() 
     first.wait_log("holding the slot lock").await;
     let mut second = world.worker("second", &["ppa-1"], &[]);
     second.wait_log("standing by").await;
+    second.wait_log("starting").await;
     world.wait_state("ppa-1", SlotState::Free).await;
 
     let reply = client.assign("ci-1", 300).await;
@@ -144,6 +145,16 @@ async fn of_two_workers_for_one_slot_only_one_claims_and_the_other_takes_over() 
     assert_eq!(next.slot, "ppa-1");
     assert!(second.logs().contains("claimed"));
     assert_eq!(world.claims("ppa-1"), 2, "one claim per request");
+    let logs = second.logs();
+    assert_eq!(
+        logs.matches("standing by").count(),
+        1,
+        "standing by logged once:\n{logs}"
+    );
+    assert!(
+        !logs.contains("ACCESS_REFUSED"),
+        "lock retries are quiet:\n{logs}"
+    );
 
     assert!(second.terminate().await.success());
     client.cleanup().await;
@@ -309,4 +320,45 @@ async fn store_trouble_requeues_the_request_until_the_claim_can_be_written() {
     assert!(worker.terminate().await.success());
     client.cleanup().await;
     world.finish().await;
+}
+
+#[tokio::test]
+async fn fake_mode_serves_without_launchpad() {
+    let config = common::config(&["f-1"]);
+    let mut client = Client::new(&config).await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_berth-worker"))
+        .args([
+            "--fake",
+            "--pool",
+            POOL,
+            "--slot",
+            "f-1",
+            "--fake-claim-ms",
+            "100",
+        ])
+        .args(["--namespace", &config.namespace, "--lease-grace-secs", "0"])
+        .env_remove("BERTH_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let reply = client.assign("ci-fake", 1).await;
+    assert_eq!(reply.slot, "f-1");
+    assert_eq!(reply.resource["name"], "f-1");
+    // The lease runs out, and the fake slot is cleaned and serves again.
+    client.wait_event("f-1", EventKind::Expired, WITHIN).await;
+    assert_eq!(client.assign("ci-fake-2", 60).await.slot, "f-1");
+
+    let pid = worker.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(WITHIN, worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    client.cleanup().await;
 }

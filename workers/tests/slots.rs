@@ -33,6 +33,10 @@ fn spawn(
     store: Arc<dyn SlotStore>,
     options: WorkerOptions,
 ) -> Workers {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,lapin=error,lapin::channel=off")
+        .with_test_writer()
+        .try_init();
     let cancel = CancellationToken::new();
     let specs = slots
         .iter()
@@ -383,6 +387,71 @@ async fn failed_cleanings_are_counted_and_retried() {
         (view.record.clean_failures, view.record.last_error),
         (0, None)
     );
+
+    workers.stop().await;
+    client.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_disabled_slot_serves_nobody_until_enabled() {
+    let config = config(&["ppa-1"]);
+    let store = Arc::new(MemoryStore::new("berth-ci", ["ppa-1"]));
+    let disabled = berth::record::SlotRecord::new(SlotState::Disabled, chrono::Utc::now());
+    store.insert(
+        "ppa-1",
+        &berth::record::render_description("ops", &disabled),
+    );
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+
+    let token = berth::lease::new_token();
+    assert_eq!(
+        client.renew("ppa-1", &token, 60).await.outcome,
+        RenewOutcome::NotHeld
+    );
+    let id = client.request("ci-1", 60).await;
+    assert!(
+        client.no_reply_within(Duration::from_millis(600)).await,
+        "a disabled slot answered"
+    );
+    assert_eq!(
+        read_slot(&*store, "ppa-1").await.unwrap().record.state,
+        SlotState::Disabled
+    );
+
+    // An operator enables it (writes free): the waiting request is served.
+    let free = berth::record::SlotRecord::new(SlotState::Free, chrono::Utc::now());
+    store.insert("ppa-1", &berth::record::render_description("ops", &free));
+    let reply: berth::protocol::AssignReply = client.reply_for(id, WITHIN).await;
+    assert_eq!(reply.slot, "ppa-1");
+
+    workers.stop().await;
+    client.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_consumer_is_dropped_takes_the_lock_again_and_resumes_from_the_store() {
+    let config = config(&["ppa-1"]);
+    let store = free_store(&["ppa-1"]);
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+    let reply = client.assign("ci-1", 300).await;
+
+    // Deleting the control queue makes the broker cancel the worker's lock consumer, as a
+    // lost connection would end it: the worker must start over from lock and store record.
+    let queue = client.names.slot_queue("ppa-1");
+    client
+        .channel
+        .queue_delete(queue.clone().into(), Default::default())
+        .await
+        .unwrap();
+    berth::broker::declare_slot_queue(&client.channel, &client.names, "ppa-1")
+        .await
+        .unwrap();
+    let renewed = client.renew("ppa-1", &reply.lease_token, 300).await;
+    assert_eq!(renewed.outcome, RenewOutcome::Renewed);
+    client.release("ppa-1", &reply.lease_token).await;
+    wait_state(&*store, "ppa-1", SlotState::Free, WITHIN).await;
 
     workers.stop().await;
     client.cleanup().await;

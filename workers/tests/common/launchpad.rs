@@ -86,7 +86,7 @@ impl World {
         command
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "info,lapin=error")
+            .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .kill_on_drop(true);

@@ -140,10 +140,17 @@ impl Client {
         berth::broker::declare_common(&channel, &names)
             .await
             .unwrap();
+        // Declared here too (same arguments as the workers), so that nothing published
+        // before a worker is up is dropped unroutable.
         for pool in &config.pools {
             berth::broker::declare_pool_queue(&channel, &names, &pool.name)
                 .await
                 .unwrap();
+            for slot in &pool.slots {
+                berth::broker::declare_slot_queue(&channel, &names, slot)
+                    .await
+                    .unwrap();
+            }
         }
         let (reply_queue, replies) = private_queue(&channel).await;
         let (events_queue, events) = private_queue(&channel).await;

@@ -1,0 +1,735 @@
+//! The chaos test (DESIGN §7): the real processes — an assigner, one worker process per slot,
+//! the fake Launchpad and a private RabbitMQ node behind a TCP proxy — under many concurrent
+//! clients, while a fault schedule kills processes, restarts the broker, cuts and stalls
+//! connections and makes the store fail. A checker counts violations of invariants 1–5.
+//!
+//! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::fake::{FakeConfig, FakeLaunchpad, Faults};
+use berth::record::{SlotState, parse_description};
+use chrono::{DateTime, Utc};
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use support::broker::PrivateBroker;
+use support::proxy::Proxy;
+
+const SLOTS: usize = 6;
+const CLIENTS: usize = 12;
+const POOL: &str = "ppa";
+
+fn chaos_secs() -> u64 {
+    std::env::var("BERTH_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_berth")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process that is killed when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    fn spawn(program: &Path, args: &[&str], log: &Path) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Proc { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Everything the test runs, and how to start each part again.
+struct Stack {
+    dir: PathBuf,
+    config: PathBuf,
+    assigner: Option<Proc>,
+    workers: Vec<Option<Proc>>,
+}
+
+impl Stack {
+    fn start_assigner(&mut self) {
+        let config = self.config.to_str().unwrap().to_owned();
+        let log = self.dir.join("assigner.log");
+        self.assigner = Some(Proc::spawn(
+            &bin("berth"),
+            &["assigner", "--config", &config],
+            &log,
+        ));
+    }
+
+    fn start_worker(&mut self, i: usize) {
+        let config = self.config.to_str().unwrap().to_owned();
+        let slot = format!("ppa-{}", i + 1);
+        let log = self.dir.join(format!("worker-{slot}.log"));
+        let proc = Proc::spawn(
+            &bin("berth-worker"),
+            &["--config", &config, "--slot", &slot],
+            &log,
+        );
+        self.workers[i] = Some(proc);
+    }
+}
+
+/// One acquisition as a client saw it.
+#[derive(Debug, Clone)]
+struct Held {
+    owner: String,
+    slot: String,
+    token_sha256: String,
+    from: Instant,
+    until: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    acquires: u64,
+    no_slot: u64,
+    interrupted: u64,
+    gave_up: u64,
+    releases: u64,
+    wrong_token_refused: u64,
+    never_released: u64,
+    renews: u64,
+    held: Vec<Held>,
+    violations: Vec<String>,
+    last_success: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<Tally>>;
+
+async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed: u64) {
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut round = 0u64;
+    while Instant::now() < stop {
+        round += 1;
+        let owner = format!("client-{id}-{round}");
+        let wait_secs: u64 = rng.random_range(1..=4);
+        let lease_secs: u64 = rng.random_range(2..=5);
+        let behaviour: f64 = rng.random();
+        let give_up = behaviour < 0.08;
+        let started = Instant::now();
+        let request = http
+            .post(format!("{url}/v1/pools/{POOL}/acquire"))
+            .json(&json!({"owner": owner, "wait_secs": wait_secs, "lease_secs": lease_secs}))
+            .timeout(Duration::from_secs(wait_secs + 8))
+            .send();
+        let response = if give_up {
+            let patience = Duration::from_millis(rng.random_range(50..(wait_secs * 1000)));
+            match tokio::time::timeout(patience, request).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tally.lock().unwrap().gave_up += 1;
+                    continue;
+                }
+            }
+        } else {
+            request.await
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(err) if err.is_timeout() => {
+                tally.lock().unwrap().violations.push(format!(
+                    "inv4: acquire by {owner} unanswered {:?} after it was sent",
+                    started.elapsed()
+                ));
+                continue;
+            }
+            Err(_) => {
+                // The assigner was killed under this request; the client sees the cut.
+                tally.lock().unwrap().interrupted += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        match status {
+            200 => {}
+            503 => {
+                tally.lock().unwrap().no_slot += 1;
+                continue;
+            }
+            other => {
+                tally
+                    .lock()
+                    .unwrap()
+                    .violations
+                    .push(format!("inv4: acquire by {owner} answered {other} {body}"));
+                continue;
+            }
+        }
+        let got = Instant::now();
+        let slot = body["slot"].as_str().unwrap_or_default().to_owned();
+        let token = body["lease_token"].as_str().unwrap_or_default().to_owned();
+        let expires = parse_time(&body["lease_expires"]);
+        let mut until = instant_of(expires);
+        {
+            let mut t = tally.lock().unwrap();
+            t.acquires += 1;
+            t.last_success = Some(got);
+        }
+        let token_sha256 = berth::lease::token_hash(&token);
+        let roll: f64 = rng.random();
+        if roll < 0.1 {
+            // Never released: the lease must bring it back.
+            let mut t = tally.lock().unwrap();
+            t.never_released += 1;
+            t.held.push(Held {
+                owner,
+                slot,
+                token_sha256,
+                from: got,
+                until,
+            });
+            continue;
+        }
+        if roll < 0.2 {
+            let wrong = berth::lease::new_token();
+            let r = post(
+                &http,
+                &format!("{url}/v1/slots/{slot}/release"),
+                json!({"lease_token": wrong}),
+            )
+            .await;
+            if let Some((code, _)) = r {
+                if code == 403 {
+                    tally.lock().unwrap().wrong_token_refused += 1;
+                } else if code != 503 {
+                    tally.lock().unwrap().violations.push(format!(
+                        "inv1: a wrong token's release of {slot} answered {code}"
+                    ));
+                }
+            }
+        }
+        let hold = Duration::from_millis(rng.random_range(0..(lease_secs * 1000 / 2)));
+        tokio::time::sleep(hold).await;
+        if rng.random::<f64>() < 0.3 {
+            let r = post(
+                &http,
+                &format!("{url}/v1/slots/{slot}/renew"),
+                json!({"lease_token": token, "lease_secs": lease_secs}),
+            )
+            .await;
+            if let Some((200, body)) = r {
+                until = until.max(instant_of(parse_time(&body["lease_expires"])));
+                tally.lock().unwrap().renews += 1;
+            }
+        }
+        // Release, retrying a little while the broker or assigner is away; if it never
+        // goes through, the lease brings the slot back.
+        let mut released_at = None;
+        for _ in 0..5 {
+            if Instant::now() + Duration::from_millis(300) >= until {
+                break;
+            }
+            let sent = Instant::now();
+            match post(
+                &http,
+                &format!("{url}/v1/slots/{slot}/release"),
+                json!({"lease_token": token}),
+            )
+            .await
+            {
+                Some((202, _)) => {
+                    released_at = Some(sent);
+                    break;
+                }
+                Some((code @ (403 | 409), body)) => {
+                    tally.lock().unwrap().violations.push(format!(
+                        "inv1/2: release of {slot} by its holder {owner} answered {code} {body} before its lease ended"
+                    ));
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
+        let mut t = tally.lock().unwrap();
+        if released_at.is_some() {
+            t.releases += 1;
+        }
+        let until = released_at.map_or(until, |r| r.min(until));
+        t.held.push(Held {
+            owner,
+            slot,
+            token_sha256,
+            from: got,
+            until,
+        });
+    }
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Option<(u16, Value)> {
+    let r = http
+        .post(url)
+        .json(&body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let code = r.status().as_u16();
+    Some((code, r.json().await.unwrap_or(Value::Null)))
+}
+
+fn parse_time(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(Utc::now)
+}
+
+/// The monotonic instant of a wall-clock time (same machine, same clock).
+fn instant_of(t: DateTime<Utc>) -> Instant {
+    let delta = t - Utc::now();
+    match delta.to_std() {
+        Ok(ahead) => Instant::now() + ahead,
+        Err(_) => Instant::now() - (-delta).to_std().unwrap_or_default(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillWorker,
+    KillAssigner,
+    BrokerRestart,
+    CutConnections,
+    StallConnections,
+    Store5xx,
+    StoreSlow,
+    Store412,
+}
+
+const FAULTS: [Fault; 8] = [
+    Fault::KillWorker,
+    Fault::KillAssigner,
+    Fault::BrokerRestart,
+    Fault::CutConnections,
+    Fault::StallConnections,
+    Fault::Store5xx,
+    Fault::StoreSlow,
+    Fault::Store412,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_under_faults() {
+    let seed: u64 = std::env::var("BERTH_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random());
+    eprintln!("chaos: seed={seed} (BERTH_CHAOS_SEED to replay the schedule)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let mut broker = tokio::task::spawn_blocking(PrivateBroker::start)
+        .await
+        .unwrap();
+    let broker_addr: SocketAddr = format!("127.0.0.1:{}", broker.port).parse().unwrap();
+    let proxy = Proxy::start(broker_addr).await;
+    let fake = FakeLaunchpad::start(
+        "127.0.0.1:0".parse().unwrap(),
+        FakeConfig {
+            ppas: SLOTS,
+            deletion_delay: Duration::from_millis(50),
+            ..FakeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("berth-chaos-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let credentials = dir.join("launchpad.credentials");
+    std::fs::write(
+        &credentials,
+        "[1]\nconsumer_key = berth-chaos\nconsumer_secret =\naccess_token = chaos-token\naccess_secret = chaos-secret\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let slots: Vec<String> = (1..=SLOTS).map(|i| format!("\"ppa-{i}\"")).collect();
+    let config = dir.join("berth.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+amqp_url = "amqp://guest:guest@{proxy}/%2f"
+namespace = "chaos"
+listen = "127.0.0.1:{port}"
+default_lease_secs = 5
+max_wait_secs = 10
+
+[store]
+api_root = "{api_root}"
+owner = "berth-ci"
+credentials_file = "{credentials}"
+timeout_secs = 2
+
+[worker]
+lease_grace_secs = 0
+clean_poll_millis = 50
+backoff_min_millis = 50
+backoff_max_millis = 1000
+
+[[pools]]
+name = "{POOL}"
+slots = [{slots}]
+"#,
+            proxy = proxy.addr,
+            api_root = fake.api_root(),
+            credentials = credentials.display(),
+            slots = slots.join(", "),
+        ),
+    )
+    .unwrap();
+
+    let url = format!("http://127.0.0.1:{port}");
+    let mut stack = Stack {
+        dir: dir.clone(),
+        config,
+        assigner: None,
+        workers: vec![],
+    };
+    stack.workers.resize_with(SLOTS, || None);
+    for i in 0..SLOTS {
+        stack.start_worker(i);
+    }
+    stack.start_assigner();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    wait_for("every slot free at start", Duration::from_secs(60), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { free_slots(&http, &url).await == Some(SLOTS) }
+    })
+    .await;
+
+    let tally: Shared = Arc::default();
+    let run = Duration::from_secs(chaos_secs());
+    let stop = Instant::now() + run;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                i,
+                url.clone(),
+                tally.clone(),
+                stop,
+                seed ^ (i as u64 + 1),
+            ))
+        })
+        .collect();
+
+    // The fault schedule.
+    let mut injected: BTreeMap<String, u32> = BTreeMap::new();
+    let mut max_recovery = Duration::ZERO;
+    let mut kinds = FAULTS.to_vec();
+    while Instant::now() + Duration::from_secs(4) < stop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
+        if kinds.is_empty() {
+            kinds = FAULTS.to_vec();
+        }
+        let fault = kinds.swap_remove(rng.random_range(0..kinds.len()));
+        *injected.entry(format!("{fault:?}")).or_default() += 1;
+        match fault {
+            Fault::KillWorker => {
+                let i = rng.random_range(0..SLOTS);
+                if let Some(mut w) = stack.workers[i].take() {
+                    w.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+                stack.start_worker(i);
+            }
+            Fault::KillAssigner => {
+                if let Some(mut a) = stack.assigner.take() {
+                    a.kill();
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..500))).await;
+                stack.start_assigner();
+            }
+            Fault::BrokerRestart => {
+                broker = tokio::task::spawn_blocking(move || {
+                    broker.restart();
+                    broker
+                })
+                .await
+                .unwrap();
+            }
+            Fault::CutConnections => proxy.cut(),
+            Fault::StallConnections => {
+                proxy.stall();
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+                proxy.resume();
+            }
+            Fault::Store5xx => {
+                fake.set_faults(Faults {
+                    error_rate: 0.5,
+                    ..Faults::default()
+                });
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+                fake.set_faults(Faults::default());
+            }
+            Fault::StoreSlow => {
+                fake.set_faults(Faults {
+                    latency_ms: 400,
+                    ..Faults::default()
+                });
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
+                fake.set_faults(Faults::default());
+            }
+            Fault::Store412 => {
+                fake.set_faults(Faults {
+                    forced_conflicts: 3,
+                    ..Faults::default()
+                });
+            }
+        }
+        let recovered = wait_ready(&http, &url, Duration::from_secs(30)).await;
+        max_recovery = max_recovery.max(recovered);
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    fake.set_faults(Faults::default());
+
+    // Quiesce: every slot must come back by itself within the longest lease plus cleaning.
+    let quiesce = Instant::now();
+    let all_free = wait_until(Duration::from_secs(60), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { free_slots(&http, &url).await == Some(SLOTS) }
+    })
+    .await;
+
+    let mut tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
+    if !all_free {
+        let view = http.get(format!("{url}/v1/slots")).send().await.ok();
+        let body = match view {
+            Some(r) => r.text().await.unwrap_or_default(),
+            None => "unreachable".into(),
+        };
+        tally.violations.push(format!(
+            "inv3: not every slot free {:?} after the clients stopped: {body}",
+            quiesce.elapsed()
+        ));
+    }
+    check_history(&fake, &mut tally);
+    check_overlaps(&mut tally);
+
+    let faults = injected
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let total: u32 = injected.values().sum();
+    for v in tally.violations.iter().take(20) {
+        eprintln!("violation: {v}");
+    }
+    println!(
+        "chaos: acquires={} releases={} expiries={} faults={} ({}) max_recovery_ms={} violations={}",
+        tally.acquires,
+        tally.releases,
+        count_expiries(&fake),
+        total,
+        faults,
+        max_recovery.as_millis(),
+        tally.violations.len()
+    );
+    eprintln!(
+        "chaos: no_slot={} interrupted={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
+        tally.no_slot,
+        tally.interrupted,
+        tally.gave_up,
+        tally.renews,
+        tally.wrong_token_refused,
+        tally.never_released,
+        dir.display()
+    );
+    assert!(
+        tally.acquires > 0,
+        "no acquire succeeded at all; see the logs in {}",
+        dir.display()
+    );
+    assert!(
+        tally.violations.is_empty(),
+        "{} violations; see the logs in {}",
+        tally.violations.len(),
+        dir.display()
+    );
+    drop(stack);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Invariant 1 from the clients' side: no two holders' intervals on one slot overlap.
+fn check_overlaps(tally: &mut Tally) {
+    let mut by_slot: HashMap<&str, Vec<&Held>> = HashMap::new();
+    for h in &tally.held {
+        by_slot.entry(&h.slot).or_default().push(h);
+    }
+    let mut found = Vec::new();
+    for (slot, mut held) in by_slot {
+        held.sort_by_key(|h| h.from);
+        for pair in held.windows(2) {
+            if pair[1].from < pair[0].until {
+                found.push(format!(
+                    "inv1: {slot} held by {} until {:?} after {} got it",
+                    pair[0].owner,
+                    pair[0].until - pair[1].from,
+                    pair[1].owner
+                ));
+            }
+        }
+    }
+    tally.violations.extend(found);
+}
+
+/// Invariants 1 and 2 from the store's side: every claim starts from `free`, and every
+/// slot a client got was recorded in the store with that owner and lease.
+fn check_history(fake: &FakeLaunchpad, tally: &mut Tally) {
+    let mut last: HashMap<String, Option<SlotState>> = HashMap::new();
+    let mut claims: HashMap<(String, String), String> = HashMap::new();
+    for write in fake.history() {
+        let record = parse_description(&write.description).record;
+        let prev = last
+            .insert(write.ppa.clone(), record.as_ref().map(|r| r.state))
+            .flatten();
+        let Some(record) = record else { continue };
+        if record.state == SlotState::Used
+            && prev != Some(SlotState::Used)
+            && prev != Some(SlotState::Free)
+        {
+            tally.violations.push(format!(
+                "inv1: {} claimed from {prev:?}, not from free (write {})",
+                write.ppa, write.seq
+            ));
+        }
+        if record.state == SlotState::Used
+            && let (Some(owner), Some(hash)) = (record.owner.clone(), record.lease_sha256.clone())
+        {
+            claims.insert((write.ppa.clone(), hash), owner);
+        }
+    }
+    for h in &tally.held {
+        match claims.get(&(h.slot.clone(), h.token_sha256.clone())) {
+            Some(owner) if *owner == h.owner => {}
+            other => tally.violations.push(format!(
+                "inv2: {} got {} but the store never recorded that lease for it (found {other:?})",
+                h.owner, h.slot
+            )),
+        }
+    }
+}
+
+fn count_expiries(fake: &FakeLaunchpad) -> usize {
+    // A used → dirty write whose `last_error` is empty and whose lease had run out.
+    let mut prev: HashMap<String, Option<berth::record::SlotRecord>> = HashMap::new();
+    let mut n = 0;
+    for write in fake.history() {
+        let record = parse_description(&write.description).record;
+        if let (Some(Some(before)), Some(after)) = (prev.get(&write.ppa), record.as_ref())
+            && before.state == SlotState::Used
+            && after.state == SlotState::Dirty
+            && before.lease_expires.is_some_and(|e| e <= write.at)
+        {
+            n += 1;
+        }
+        prev.insert(write.ppa.clone(), record);
+    }
+    n
+}
+
+async fn free_slots(http: &reqwest::Client, url: &str) -> Option<usize> {
+    let r = http
+        .get(format!("{url}/v1/slots"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let body: Value = r.json().await.ok()?;
+    let slots = body["slots"].as_array()?;
+    Some(slots.iter().filter(|s| s["state"] == "free").count())
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let probe = http
+            .get(format!("{url}/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send();
+        if let Ok(r) = probe.await
+            && r.status().is_success()
+        {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    start.elapsed()
+}
+
+async fn wait_until<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+async fn wait_for<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        wait_until(limit, check).await,
+        "timed out after {limit:?} waiting for {what}"
+    );
+}

@@ -1,0 +1,123 @@
+//! A private RabbitMQ node for tests that stop or restart the broker: its own node name,
+//! ports and data directory, never the shared broker on 5672.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// A RabbitMQ node run in the foreground as a child process.
+pub struct PrivateBroker {
+    dir: PathBuf,
+    name: String,
+    pub port: u16,
+    dist_port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl PrivateBroker {
+    /// Starts a fresh node and waits until it accepts connections.
+    pub fn start() -> PrivateBroker {
+        let name = format!("berth-{}", uuid::Uuid::new_v4().simple());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = PrivateBroker {
+            dir,
+            name,
+            port: free_port(),
+            dist_port: free_port(),
+            child: None,
+        };
+        broker.launch();
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn launch(&mut self) {
+        assert!(
+            std::path::Path::new(SERVER).exists(),
+            "{SERVER} is missing: install Debian's rabbitmq-server (deploy/ensure-rabbitmq.sh)"
+        );
+        let log = std::fs::File::create(self.dir.join("server.out")).unwrap();
+        let child = Command::new(SERVER)
+            .env("RABBITMQ_NODENAME", format!("{}@localhost", self.name))
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"))
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start a private rabbitmq-server");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    fn wait_ready(&mut self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let out = std::fs::read_to_string(self.dir.join("server.out")).unwrap_or_default();
+                panic!("private broker exited with {status} before it was ready:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "private broker on port {} not ready within {limit:?}",
+            self.port
+        );
+    }
+
+    /// Stops the node (SIGTERM, then SIGKILL) and starts it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Stops the node; its data stays for a later [`PrivateBroker::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
