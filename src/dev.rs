@@ -48,7 +48,11 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--slots must be at least 1");
     }
     let cancel = shutdown_token();
-    let fake_config = FakeConfig { owner: "berth-ci".into(), ppas: args.slots, ..FakeConfig::default() };
+    let fake_config = FakeConfig {
+        owner: "berth-ci".into(),
+        ppas: args.slots,
+        ..FakeConfig::default()
+    };
     let fake = FakeLaunchpad::start(args.store_listen, fake_config).await.with_context(|| {
         format!(
             "cannot start the fake Launchpad on {} (is another `berth dev` running? --store-listen picks another address)",
@@ -59,7 +63,12 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
     let (config, config_file) = write_config(&args, &fake.api_root(), &scratch.0)?;
     let listen = config.listen;
     let result = assigner::serve_with(config, Some(config_file), cancel.clone(), |addr| {
-        tokio::spawn(announce_when_ready(addr, fake.api_root(), args.slots, cancel.clone()));
+        tokio::spawn(announce_when_ready(
+            addr,
+            fake.api_root(),
+            args.slots,
+            cancel.clone(),
+        ));
     })
     .await
     .with_context(|| format!("cannot run the assigner on {listen}"));
@@ -94,17 +103,22 @@ fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<
 }
 
 /// Prints how to use the stack once the assigner is ready.
-async fn announce_when_ready(addr: SocketAddr, store_root: String, slots: usize, cancel: tokio_util::sync::CancellationToken) {
+async fn announce_when_ready(
+    addr: SocketAddr,
+    store_root: String,
+    slots: usize,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     let http = reqwest::Client::new();
     let url = format!("http://{addr}/readyz");
     loop {
         if cancel.is_cancelled() {
             return;
         }
-        if let Ok(response) = http.get(&url).timeout(Duration::from_secs(1)).send().await {
-            if response.status().is_success() {
-                break;
-            }
+        if let Ok(response) = http.get(&url).timeout(Duration::from_secs(1)).send().await
+            && response.status().is_success()
+        {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -38,7 +38,6 @@ async fn main() -> ExitCode {
     berth::telemetry::init();
     let cli = Cli::parse();
     let result = match cli.command {
-
         Command::Dev(args) => berth::dev::run_cli(args).await,
         Command::Assigner(args) => berth::assigner::run_cli(args).await,
         Command::Acquire(args) => berth::cli::acquire(args).await,

@@ -17,7 +17,11 @@ use berth::store::MemoryStore;
 use common::*;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_assigner(config_file: &std::path::Path) -> Proc {
@@ -56,31 +60,49 @@ async fn sigkilled_assigner_leaks_no_slot_and_serves_after_restart() {
     for i in 0..3 {
         let (http, url) = (http.clone(), format!("{base}/v1/pools/{POOL}/acquire"));
         waiting.push(tokio::spawn(async move {
-            http.post(url).json(&json!({"owner": format!("waiter-{i}"), "wait_secs": 20})).send().await
+            http.post(url)
+                .json(&json!({"owner": format!("waiter-{i}"), "wait_secs": 20}))
+                .send()
+                .await
         }));
     }
     wait_for("three waiting requests", Duration::from_secs(5), || async {
         let n = metric(&http, &base, "berth_acquire_waiting").await;
-        if n == 3.0 { Ok(()) } else { Err(format!("{n} waiting")) }
+        if n == 3.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} waiting"))
+        }
     })
     .await;
     let status = assigner.signal_and_wait(Signal::SIGKILL);
     assert_eq!(status.code(), None, "killed by a signal");
     for request in waiting {
-        assert!(request.await.unwrap().is_err(), "a waiting client sees the connection drop");
+        assert!(
+            request.await.unwrap().is_err(),
+            "a waiting client sees the connection drop"
+        );
     }
 
     // The slots come free while nobody listens: the requests left in the queue are claimed
     // and their replies bounce (no reply queue), so the workers take the slots back.
     for lease in &held {
-        release_direct(&config.names(), lease["slot"].as_str().unwrap(), lease["lease_token"].as_str().unwrap()).await;
+        release_direct(
+            &config.names(),
+            lease["slot"].as_str().unwrap(),
+            lease["lease_token"].as_str().unwrap(),
+        )
+        .await;
     }
 
     let restarted = Instant::now();
     let mut assigner = start_assigner(&file);
     wait_ready(&base, Duration::from_secs(10)).await;
     let ready_after = restarted.elapsed();
-    assert!(ready_after < Duration::from_secs(3), "ready only after {ready_after:?}");
+    assert!(
+        ready_after < Duration::from_secs(3),
+        "ready only after {ready_after:?}"
+    );
 
     let mut names = Vec::new();
     let mut tokens = Vec::new();
@@ -91,14 +113,27 @@ async fn sigkilled_assigner_leaks_no_slot_and_serves_after_restart() {
     }
     names.sort();
     assert_eq!(names, slots, "every slot came back and is handed out once");
-    let fourth = post(&http, &format!("{base}/v1/pools/{POOL}/acquire"), json!({"owner": "extra", "wait_secs": 1})).await;
-    assert_eq!(fourth.status, StatusCode::SERVICE_UNAVAILABLE, "{}", fourth.text);
+    let fourth = post(
+        &http,
+        &format!("{base}/v1/pools/{POOL}/acquire"),
+        json!({"owner": "extra", "wait_secs": 1}),
+    )
+    .await;
+    assert_eq!(
+        fourth.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        fourth.text
+    );
 
     for (slot, token) in names.iter().zip(&tokens) {
         release_direct(&config.names(), slot, token).await;
     }
     let status = assigner.signal_and_wait(Signal::SIGTERM);
-    assert!(status.success(), "SIGTERM stops the assigner cleanly: {status}");
+    assert!(
+        status.success(),
+        "SIGTERM stops the assigner cleanly: {status}"
+    );
     delete_queues(&config).await;
 }
 
@@ -126,15 +161,28 @@ fn close_connections(needle: &str) -> usize {
 async fn broker_loss_answers_waiting_requests_503_and_recovers() {
     let slots = slot_names(1);
     let config = config(&["s-1"]);
-    let app = TestApp::spawn(config.clone(), Arc::new(MemoryStore::new("berth-ci", Vec::<String>::new()))).await;
+    let app = TestApp::spawn(
+        config.clone(),
+        Arc::new(MemoryStore::new("berth-ci", Vec::<String>::new())),
+    )
+    .await;
     let _workers = fake_workers(&config.namespace, &slots, 0);
     let held = acquire_ok(&app.http, &app.base, "holder", 20).await;
 
-    let (http, url) = (app.http.clone(), format!("{}/v1/pools/{POOL}/acquire", app.base));
-    let waiter = tokio::spawn(async move { post(&http, &url, json!({"owner": "waiter", "wait_secs": 30})).await });
+    let (http, url) = (
+        app.http.clone(),
+        format!("{}/v1/pools/{POOL}/acquire", app.base),
+    );
+    let waiter = tokio::spawn(async move {
+        post(&http, &url, json!({"owner": "waiter", "wait_secs": 30})).await
+    });
     wait_for("the request to wait", Duration::from_secs(5), || async {
         let n = metric(&app.http, &app.base, "berth_acquire_waiting").await;
-        if n == 1.0 { Ok(()) } else { Err(format!("{n} waiting")) }
+        if n == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("{n} waiting"))
+        }
     })
     .await;
 
@@ -146,8 +194,16 @@ async fn broker_loss_answers_waiting_requests_503_and_recovers() {
     .await
     .unwrap();
     assert_eq!(closed, 1, "the assigner's one connection");
-    let answer = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("answered promptly").unwrap();
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.text);
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("answered promptly")
+        .unwrap();
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text
+    );
     assert_eq!(answer.json["error"], "broker_unavailable");
     assert!(answer.retry_after.is_some());
     assert!(cut.elapsed() < Duration::from_secs(10));

@@ -28,11 +28,21 @@ impl Dev {
         let mut config = Config::dev(slots);
         config.namespace = format!("t-{}", uuid::Uuid::new_v4().simple());
         let mut child = Command::new(berth_bin())
-            .args(["dev", "--listen", "127.0.0.1:0", "--store-listen", "127.0.0.1:0", "--slots"])
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--store-listen",
+                "127.0.0.1:0",
+                "--slots",
+            ])
             .arg(slots.to_string())
             .env("BERTH_NAMESPACE", &config.namespace)
             .env("BERTH_AMQP_URL", amqp_url())
-            .env("RUST_LOG", std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("BERTH_TEST_LOG").unwrap_or_else(|_| "warn,lapin=error".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -49,9 +59,11 @@ impl Dev {
         });
         let mut seen = Vec::new();
         let base = loop {
-            let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-                panic!("berth dev did not announce itself within 30 s; printed: {seen:?}")
-            });
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!("berth dev did not announce itself within 30 s; printed: {seen:?}")
+                });
             if let Some(at) = line.find("assigner at http://") {
                 break line[at + "assigner at ".len()..].trim().to_owned();
             }
@@ -74,9 +86,34 @@ impl Dev {
 
     async fn stop(mut self) {
         let status = self.proc.signal_and_wait(Signal::SIGTERM);
-        assert!(status.success(), "berth dev stops cleanly on SIGTERM: {status}");
+        assert!(
+            status.success(),
+            "berth dev stops cleanly on SIGTERM: {status}"
+        );
         delete_queues(&self.config).await;
     }
+}
+
+/// Live worker processes whose command line mentions `needle`.
+fn worker_pids(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let zombie =
+            std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
+        if cmdline.contains("berth-worker") && cmdline.contains(needle) && !zombie {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 /// Processes whose command line mentions `needle` (the dev stack's worker processes name its
@@ -102,7 +139,11 @@ async fn slot_free(
     after: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
     let slots = get(http, &format!("{base}/v1/slots")).await.json;
-    let as_of: chrono::DateTime<chrono::Utc> = slots["as_of"].as_str().unwrap_or_default().parse().map_err(|_| slots.to_string())?;
+    let as_of: chrono::DateTime<chrono::Utc> = slots["as_of"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| slots.to_string())?;
     if as_of < after {
         return Err(format!("view as of {as_of} is older than {after}"));
     }
@@ -111,7 +152,11 @@ async fn slot_free(
         .and_then(|all| all.iter().find(|s| s["slot"] == slot))
         .map(|s| s["state"].clone())
         .unwrap_or(Value::Null);
-    if state == "free" { Ok(()) } else { Err(format!("{slot} is {state}")) }
+    if state == "free" {
+        Ok(())
+    } else {
+        Err(format!("{slot} is {state}"))
+    }
 }
 
 #[tokio::test]
@@ -125,7 +170,11 @@ async fn dev_stack_hands_out_renews_and_takes_back_slots() {
     for i in 0..4 {
         let lease = acquire_ok(&http, &dev.base, &format!("job-{i}"), 10).await;
         let slot = lease["slot"].as_str().unwrap().to_owned();
-        assert_eq!(lease["resource"]["reference"], format!("ppa:berth-ci/{slot}"), "{lease}");
+        assert_eq!(
+            lease["resource"]["reference"],
+            format!("ppa:berth-ci/{slot}"),
+            "{lease}"
+        );
         held.push(lease);
     }
     let mut slots: Vec<_> = held.iter().map(|l| l["slot"].as_str().unwrap()).collect();
@@ -134,20 +183,41 @@ async fn dev_stack_hands_out_renews_and_takes_back_slots() {
 
     // A fifth waits about 2 s, then 503 with Retry-After.
     let started = Instant::now();
-    let fifth = post(&http, &acquire_url, json!({"owner": "job-5", "wait_secs": 2})).await;
+    let fifth = post(
+        &http,
+        &acquire_url,
+        json!({"owner": "job-5", "wait_secs": 2}),
+    )
+    .await;
     let waited = started.elapsed();
-    assert_eq!(fifth.status, StatusCode::SERVICE_UNAVAILABLE, "{}", fifth.text);
+    assert_eq!(
+        fifth.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        fifth.text
+    );
     assert!(fifth.retry_after.is_some(), "503 with Retry-After");
-    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(4), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
 
     // The CLI says the same with exit code 3.
     let out = dev.berth(&["acquire", "--pool", "ppa", "--wait", "1s"], &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("no slot"));
 
     // Renew moves lease_expires later.
     let first = &held[0];
-    let (slot, token) = (first["slot"].as_str().unwrap(), first["lease_token"].as_str().unwrap());
+    let (slot, token) = (
+        first["slot"].as_str().unwrap(),
+        first["lease_token"].as_str().unwrap(),
+    );
     let renewed = post(
         &http,
         &format!("{}/v1/slots/{slot}/renew", dev.base),
@@ -155,12 +225,24 @@ async fn dev_stack_hands_out_renews_and_takes_back_slots() {
     )
     .await;
     assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text);
-    assert!(renewed.json["lease_expires"].as_str().unwrap() > first["lease_expires"].as_str().unwrap());
+    assert!(
+        renewed.json["lease_expires"].as_str().unwrap() > first["lease_expires"].as_str().unwrap()
+    );
 
     // Bad input 400, unknown pool 404, wrong token 403.
-    let bad = post(&http, &acquire_url, json!({"owner": "me", "lease_secs": -1})).await;
+    let bad = post(
+        &http,
+        &acquire_url,
+        json!({"owner": "me", "lease_secs": -1}),
+    )
+    .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
-    let unknown = post(&http, &format!("{}/v1/pools/gpu/acquire", dev.base), json!({"owner": "me"})).await;
+    let unknown = post(
+        &http,
+        &format!("{}/v1/pools/gpu/acquire", dev.base),
+        json!({"owner": "me"}),
+    )
+    .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
     let release_url = format!("{}/v1/slots/{slot}/release", dev.base);
     let wrong = post(&http, &release_url, json!({"lease_token": "f".repeat(64)})).await;
@@ -170,21 +252,53 @@ async fn dev_stack_hands_out_renews_and_takes_back_slots() {
     let released = post(&http, &release_url, json!({"lease_token": token})).await;
     assert_eq!(released.status, StatusCode::ACCEPTED, "{}", released.text);
     let now = chrono::Utc::now();
-    wait_for("the released slot to be free", Duration::from_secs(15), || slot_free(&http, &dev.base, slot, now)).await;
+    wait_for(
+        "the released slot to be free",
+        Duration::from_secs(15),
+        || slot_free(&http, &dev.base, slot, now),
+    )
+    .await;
     let again = post(&http, &release_url, json!({"lease_token": token})).await;
-    assert_eq!(again.status, StatusCode::CONFLICT, "a second release: not held: {}", again.text);
+    assert_eq!(
+        again.status,
+        StatusCode::CONFLICT,
+        "a second release: not held: {}",
+        again.text
+    );
     let next = acquire_ok(&http, &dev.base, "job-6", 10).await;
     assert_eq!(next["slot"], slot);
 
     // `berth status` shows the pool.
     let out = dev.berth(&["status"], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ppa-4") && text.contains("used"), "{text}");
 
-    // SIGTERM stops the whole stack, workers included.
+    // A crashed worker is started again.
     let config_dir = format!("berth-dev-{}", dev.proc.pid());
-    assert_eq!(processes_mentioning(&config_dir).len(), 4, "one worker per slot");
+    let workers = worker_pids(&config_dir);
+    assert_eq!(workers.len(), 4, "one worker per slot");
+    let victim = workers[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), Signal::SIGKILL).unwrap();
+    wait_for(
+        "the supervisor to restart the killed worker",
+        Duration::from_secs(15),
+        || async {
+            let now = worker_pids(&config_dir);
+            if now.len() == 4 && !now.contains(&victim) {
+                Ok(())
+            } else {
+                Err(format!("{now:?}"))
+            }
+        },
+    )
+    .await;
+
+    // SIGTERM stops the whole stack, workers included.
     dev.stop().await;
     let left = processes_mentioning(&config_dir);
     assert!(left.is_empty(), "worker processes left behind: {left:?}");
@@ -197,17 +311,52 @@ async fn berth_run_releases_the_slot_whatever_its_command_does() {
 
     // The command sees its slot, fails with 7; berth run exits 7 and the slot comes back.
     let script = r#"test "$BERTH_SLOT" = ppa-1 && test -n "$BERTH_LEASE_TOKEN" && test -n "$BERTH_LEASE_EXPIRES" && echo "$BERTH_POOL $BERTH_PPA"; exit 7"#;
-    let out = dev.berth(&["run", "--pool", "ppa", "--wait", "10", "--", "sh", "-c", script], &[]);
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ppa ppa:berth-ci/ppa-1\n");
+    let out = dev.berth(
+        &[
+            "run", "--pool", "ppa", "--wait", "10", "--", "sh", "-c", script,
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ppa ppa:berth-ci/ppa-1\n"
+    );
     let now = chrono::Utc::now();
-    wait_for("ppa-1 to be free again", Duration::from_secs(15), || slot_free(&http, &dev.base, "ppa-1", now)).await;
+    wait_for("ppa-1 to be free again", Duration::from_secs(15), || {
+        slot_free(&http, &dev.base, "ppa-1", now)
+    })
+    .await;
 
     // A command that cannot start: 127, and the slot is released too.
-    let out = dev.berth(&["run", "--pool", "ppa", "--wait", "10", "--", "/no/such/command"], &[]);
-    assert_eq!(out.status.code(), Some(127), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = dev.berth(
+        &[
+            "run",
+            "--pool",
+            "ppa",
+            "--wait",
+            "10",
+            "--",
+            "/no/such/command",
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(127),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let now = chrono::Utc::now();
-    wait_for("ppa-1 to be free again", Duration::from_secs(15), || slot_free(&http, &dev.base, "ppa-1", now)).await;
+    wait_for("ppa-1 to be free again", Duration::from_secs(15), || {
+        slot_free(&http, &dev.base, "ppa-1", now)
+    })
+    .await;
 
     // The shell pipeline: eval the env output, renew and release from the environment.
     let pipeline = r#"set -e
@@ -227,9 +376,19 @@ async fn berth_run_releases_the_slot_whatever_its_command_does() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("renewed until") && stdout.contains("released ppa-1"), "{stdout}");
-    assert!(stdout.contains("renew after release: 4"), "not held → exit 4: {stdout}");
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("renewed until") && stdout.contains("released ppa-1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("renew after release: 4"),
+        "not held → exit 4: {stdout}"
+    );
     dev.stop().await;
 }
 
@@ -237,7 +396,11 @@ async fn berth_run_releases_the_slot_whatever_its_command_does() {
 async fn curl_script_drives_the_api_like_a_ci_job() {
     let dev = Dev::start(2);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/curl.sh");
-    let out = Command::new("bash").arg(script).env("BERTH_URL", &dev.base).output().expect("run bash");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("BERTH_URL", &dev.base)
+        .output()
+        .expect("run bash");
     assert!(
         out.status.success(),
         "tests/curl.sh failed\nstdout: {}\nstderr: {}",

@@ -31,8 +31,12 @@ fn body_error(rejection: JsonRejection) -> ApiError {
         JsonRejection::MissingJsonContentType(_) => {
             "send the body as JSON with the header `content-type: application/json`".to_owned()
         }
-        JsonRejection::JsonSyntaxError(e) => format!("the body is not valid JSON: {}", e.body_text()),
-        JsonRejection::JsonDataError(e) => format!("the body has the wrong shape: {}", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => {
+            format!("the body is not valid JSON: {}", e.body_text())
+        }
+        JsonRejection::JsonDataError(e) => {
+            format!("the body has the wrong shape: {}", e.body_text())
+        }
         JsonRejection::BytesRejection(_) => {
             format!("could not read the body (at most {BODY_LIMIT} bytes are accepted)")
         }
@@ -75,7 +79,11 @@ impl AcquireRequest {
                 config.max_wait_secs
             )));
         }
-        Ok(Acquire { owner: self.owner, lease_secs, wait_secs })
+        Ok(Acquire {
+            owner: self.owner,
+            lease_secs,
+            wait_secs,
+        })
     }
 }
 
@@ -154,14 +162,21 @@ mod tests {
     use super::*;
 
     fn req(owner: &str, lease: Option<u64>, wait: Option<u64>) -> AcquireRequest {
-        AcquireRequest { owner: owner.into(), lease_secs: lease, wait_secs: wait }
+        AcquireRequest {
+            owner: owner.into(),
+            lease_secs: lease,
+            wait_secs: wait,
+        }
     }
 
     #[test]
     fn defaults_fill_in_and_limits_name_the_field() {
         let config = Config::dev(1);
         let a = req("me", None, None).check(&config).unwrap();
-        assert_eq!((a.lease_secs, a.wait_secs), (config.default_lease_secs, config.default_wait_secs));
+        assert_eq!(
+            (a.lease_secs, a.wait_secs),
+            (config.default_lease_secs, config.default_wait_secs)
+        );
         let msg = |r: AcquireRequest| r.check(&config).unwrap_err().to_string();
         assert!(msg(req("", None, None)).contains("\"owner\""));
         assert!(msg(req(&"x".repeat(201), None, None)).contains("\"owner\""));

@@ -23,7 +23,9 @@ pub(crate) enum ApiError {
     UnknownSlot(String),
     #[error("no such endpoint; the API is under /v1 (see DESIGN.md §4)")]
     NoRoute,
-    #[error("no slot of pool {pool:?} came free within {wait_secs} s; retry later or wait longer (\"wait_secs\")")]
+    #[error(
+        "no slot of pool {pool:?} came free within {wait_secs} s; retry later or wait longer (\"wait_secs\")"
+    )]
     NoSlot { pool: String, wait_secs: u64 },
     #[error("the lease token is not the one of the slot's current holder")]
     WrongToken,
@@ -31,9 +33,13 @@ pub(crate) enum ApiError {
     NotHeld(String),
     #[error("the message broker is not reachable right now; retry in a few seconds")]
     BrokerDown,
-    #[error("the worker of slot {0:?} did not answer (it is probably not running); retry in a few seconds")]
+    #[error(
+        "the worker of slot {0:?} did not answer (it is probably not running); retry in a few seconds"
+    )]
     WorkerDown(String),
-    #[error("the assigner is shutting down; retry (another assigner or this one once restarted will answer)")]
+    #[error(
+        "the assigner is shutting down; retry (another assigner or this one once restarted will answer)"
+    )]
     ShuttingDown,
     #[error("the slot store could not be read; retry in a few seconds")]
     Store(#[source] StoreError),
@@ -94,13 +100,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Store(err) => tracing::error!(error = %err, "store call failed"),
-            ApiError::Internal(err) => tracing::error!(error = format!("{err:#}"), "internal error"),
+            ApiError::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error")
+            }
             _ => {}
         }
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut response = (self.status(), Json(body)).into_response();
         if let Some(secs) = self.retry_after() {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -88,9 +88,13 @@ impl Session {
         lease_token: &str,
     ) -> Result<(), LinkError> {
         self.declare_slot(slot).await?;
-        let message = Control::Release { v: PROTOCOL_VERSION, lease_token: lease_token.to_owned() };
+        let message = Control::Release {
+            v: PROTOCOL_VERSION,
+            lease_token: lease_token.to_owned(),
+        };
         let properties = json_properties().with_delivery_mode(PERSISTENT);
-        self.publish(&self.names.slot_queue(slot), &encode(&message), properties).await
+        self.publish(&self.names.slot_queue(slot), &encode(&message), properties)
+            .await
     }
 
     /// Declares the control queue of `slot` once per connection, with the worker's arguments.
@@ -114,8 +118,13 @@ impl Session {
                 channel
             }
         };
-        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let queue = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await?;
         Ok((queue.message_count(), queue.consumer_count()))
     }
 }
@@ -169,8 +178,20 @@ pub(crate) fn start(
     let link = Link { current: rx };
     // The connection stays open until the release task has sent what it still holds.
     let releases_done = CancellationToken::new();
-    tracker.spawn(connection_loop(config, pending, tx, cancel.clone(), releases_done.clone()));
-    tracker.spawn(release_loop(link.clone(), releases, metrics, cancel, releases_done));
+    tracker.spawn(connection_loop(
+        config,
+        pending,
+        tx,
+        cancel.clone(),
+        releases_done.clone(),
+    ));
+    tracker.spawn(release_loop(
+        link.clone(),
+        releases,
+        metrics,
+        cancel,
+        releases_done,
+    ));
     link
 }
 
@@ -184,7 +205,11 @@ async fn connection_loop(
     let mut epoch = 0;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let name = format!("berth-assigner-{}-{}", config.names.namespace(), std::process::id());
+        let name = format!(
+            "berth-assigner-{}-{}",
+            config.names.namespace(),
+            std::process::id()
+        );
         let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &name, &cancel).await
         else {
             break;
@@ -203,7 +228,10 @@ async fn connection_loop(
                 current.send_replace(None);
                 pending.fail_through(epoch);
                 if cancel.is_cancelled() {
-                    let _ = session.connection.close(200, "assigner stopping".into()).await;
+                    let _ = session
+                        .connection
+                        .close(200, "assigner stopping".into())
+                        .await;
                     break;
                 }
                 tracing::warn!(epoch, "lost the broker connection; reconnecting");
@@ -223,7 +251,9 @@ async fn open_session(
     epoch: u64,
 ) -> Result<(Arc<Session>, lapin::Consumer), LinkError> {
     let publisher = connection.create_channel().await?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     broker::declare_common(&publisher, &config.names).await?;
     for pool in &config.pools {
         broker::declare_pool_queue(&publisher, &config.names, pool).await?;
@@ -232,7 +262,11 @@ async fn open_session(
     let queue = reply_channel
         .queue_declare(
             ShortString::from(""),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -243,7 +277,11 @@ async fn open_session(
         .basic_consume(
             reply_queue.as_str().into(),
             "".into(),
-            BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -352,7 +390,9 @@ async fn release_loop(
 }
 
 async fn release(session: &Session, reply: &AssignReply) -> Result<(), LinkError> {
-    session.publish_release(&reply.slot, &reply.lease_token).await?;
+    session
+        .publish_release(&reply.slot, &reply.lease_token)
+        .await?;
     tracing::info!(slot = %reply.slot, request_id = %reply.request_id,
         "released a slot that could not be handed out");
     Ok(())

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the acquire latency buckets.
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 120.0];
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 120.0,
+];
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -52,26 +54,44 @@ impl Metrics {
     pub(crate) fn render(&self, waiting: usize, broker_up: bool) -> String {
         let mut out = String::new();
         let h = lock(&self.latency);
-        out.push_str("# HELP berth_acquire_duration_seconds Time from an acquire request to its answer.\n");
+        out.push_str(
+            "# HELP berth_acquire_duration_seconds Time from an acquire request to its answer.\n",
+        );
         out.push_str("# TYPE berth_acquire_duration_seconds histogram\n");
         for (bound, count) in BUCKETS.iter().zip(h.counts) {
-            let _ = writeln!(out, "berth_acquire_duration_seconds_bucket{{le=\"{bound}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "berth_acquire_duration_seconds_bucket{{le=\"{bound}\"}} {count}"
+            );
         }
-        let _ = writeln!(out, "berth_acquire_duration_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(
+            out,
+            "berth_acquire_duration_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.count
+        );
         let _ = writeln!(out, "berth_acquire_duration_seconds_sum {}", h.sum);
         let _ = writeln!(out, "berth_acquire_duration_seconds_count {}", h.count);
         drop(h);
-        out.push_str("# HELP berth_requests_total Answers of the slot API by endpoint and status code.\n");
+        out.push_str(
+            "# HELP berth_requests_total Answers of the slot API by endpoint and status code.\n",
+        );
         out.push_str("# TYPE berth_requests_total counter\n");
         for ((endpoint, code), n) in lock(&self.outcomes).iter() {
-            let _ = writeln!(out, "berth_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "berth_requests_total{{endpoint=\"{endpoint}\",code=\"{code}\"}} {n}"
+            );
         }
         out.push_str("# HELP berth_acquire_waiting Acquire requests waiting for a slot.\n");
         out.push_str("# TYPE berth_acquire_waiting gauge\n");
         let _ = writeln!(out, "berth_acquire_waiting {waiting}");
         out.push_str("# HELP berth_abandoned_replies_total Assign replies nobody could take (released at once).\n");
         out.push_str("# TYPE berth_abandoned_replies_total counter\n");
-        let _ = writeln!(out, "berth_abandoned_replies_total {}", self.abandoned_replies.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "berth_abandoned_replies_total {}",
+            self.abandoned_replies.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP berth_broker_up Whether the assigner is connected to the broker.\n");
         out.push_str("# TYPE berth_broker_up gauge\n");
         let _ = writeln!(out, "berth_broker_up {}", u8::from(broker_up));
@@ -94,11 +114,26 @@ mod tests {
         m.record("acquire", 503, Duration::from_secs(3));
         m.record("release", 202, Duration::from_millis(1));
         let text = m.render(2, true);
-        assert!(text.contains("berth_acquire_duration_seconds_bucket{le=\"0.05\"} 1\n"), "{text}");
-        assert!(text.contains("berth_acquire_duration_seconds_bucket{le=\"5\"} 2\n"), "{text}");
-        assert!(text.contains("berth_acquire_duration_seconds_count 2\n"), "{text}");
-        assert!(text.contains("berth_requests_total{endpoint=\"acquire\",code=\"503\"} 1\n"), "{text}");
-        assert!(text.contains("berth_requests_total{endpoint=\"release\",code=\"202\"} 1\n"), "{text}");
+        assert!(
+            text.contains("berth_acquire_duration_seconds_bucket{le=\"0.05\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_acquire_duration_seconds_bucket{le=\"5\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_acquire_duration_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_requests_total{endpoint=\"acquire\",code=\"503\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_requests_total{endpoint=\"release\",code=\"202\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("berth_acquire_waiting 2\n"), "{text}");
     }
 }

@@ -91,7 +91,13 @@ impl Application {
             metrics,
             shutdown: CancellationToken::new(),
         });
-        Ok(Application { listener, addr, state, tracker, link_stop })
+        Ok(Application {
+            listener,
+            addr,
+            state,
+            tracker,
+            link_stop,
+        })
     }
 
     /// The port it listens on.
@@ -129,7 +135,10 @@ impl Application {
         }
         self.link_stop.cancel();
         self.tracker.close();
-        if tokio::time::timeout(DRAIN, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("the broker link did not stop in time");
         }
         tracing::info!("assigner stopped");
@@ -180,12 +189,14 @@ pub async fn serve_with(
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let store = open_store(&config)?;
-    let supervisor = if config.supervise {
-        Some(supervise::Supervisor::start(&config, config_file)?)
+    let supervise = config.supervise;
+    let worker_config = config.clone();
+    let app = Application::build(config, store).await?;
+    let supervisor = if supervise {
+        Some(supervise::Supervisor::start(&worker_config, config_file)?)
     } else {
         None
     };
-    let app = Application::build(config, store).await?;
     on_listening(app.addr());
     let result = app.run_until(cancel).await;
     if let Some(supervisor) = supervisor {

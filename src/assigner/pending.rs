@@ -65,15 +65,31 @@ impl Pending {
     /// An empty table, and the receiving end of its release queue.
     pub(crate) fn new() -> (Arc<Pending>, mpsc::UnboundedReceiver<AssignReply>) {
         let (releases, rx) = mpsc::unbounded_channel();
-        (Arc::new(Pending { entries: Mutex::new(HashMap::new()), releases }), rx)
+        (
+            Arc::new(Pending {
+                entries: Mutex::new(HashMap::new()),
+                releases,
+            }),
+            rx,
+        )
     }
 
     /// Registers request `id`, published on session `epoch`. Dropping the ticket unregisters
     /// it (and releases a reply that raced in).
     pub(crate) fn register<T: Reply>(self: &Arc<Self>, id: Uuid, epoch: u64) -> Ticket<T> {
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id, Entry { epoch, waiter: T::waiter(tx) });
-        Ticket { id, rx, pending: Arc::clone(self) }
+        self.lock().insert(
+            id,
+            Entry {
+                epoch,
+                waiter: T::waiter(tx),
+            },
+        );
+        Ticket {
+            id,
+            rx,
+            pending: Arc::clone(self),
+        }
     }
 
     /// Hands a reply from the reply queue to its waiting request, or releases it.
@@ -82,7 +98,10 @@ impl Pending {
             .and_then(|c| Uuid::parse_str(c).ok())
             .and_then(|id| self.lock().remove(&id));
         match entry {
-            Some(Entry { waiter: Waiter::Acquire(tx), .. }) => match decode::<AssignReply>(body) {
+            Some(Entry {
+                waiter: Waiter::Acquire(tx),
+                ..
+            }) => match decode::<AssignReply>(body) {
                 Ok(reply) => {
                     if let Err(Ok(reply)) = tx.send(Ok(reply)) {
                         reply.abandon(self);
@@ -90,7 +109,10 @@ impl Pending {
                 }
                 Err(err) => tracing::warn!(error = %err, "unreadable assign reply; ignored"),
             },
-            Some(Entry { waiter: Waiter::Renew(tx), .. }) => match decode::<RenewReply>(body) {
+            Some(Entry {
+                waiter: Waiter::Renew(tx),
+                ..
+            }) => match decode::<RenewReply>(body) {
                 Ok(reply) => {
                     let _ = tx.send(Ok(reply));
                 }
@@ -111,8 +133,11 @@ impl Pending {
     pub(crate) fn fail_through(&self, epoch: u64) {
         let lost: Vec<Entry> = {
             let mut entries = self.lock();
-            let ids: Vec<Uuid> =
-                entries.iter().filter(|(_, e)| e.epoch <= epoch).map(|(id, _)| *id).collect();
+            let ids: Vec<Uuid> = entries
+                .iter()
+                .filter(|(_, e)| e.epoch <= epoch)
+                .map(|(id, _)| *id)
+                .collect();
             ids.iter().filter_map(|id| entries.remove(id)).collect()
         };
         for entry in lost {
@@ -129,7 +154,10 @@ impl Pending {
 
     /// How many acquires are waiting for a slot.
     pub(crate) fn waiting_acquires(&self) -> usize {
-        self.lock().values().filter(|e| matches!(e.waiter, Waiter::Acquire(_))).count()
+        self.lock()
+            .values()
+            .filter(|e| matches!(e.waiter, Waiter::Acquire(_)))
+            .count()
     }
 
     fn release(&self, reply: AssignReply) {
@@ -198,7 +226,10 @@ mod tests {
         assert_eq!(releases.try_recv().unwrap().slot, "b");
         assert_eq!(pending.waiting_acquires(), 0, "answered: no longer waiting");
         drop(ticket);
-        assert!(releases.try_recv().is_err(), "the handed-out reply is not released");
+        assert!(
+            releases.try_recv().is_err(),
+            "the handed-out reply is not released"
+        );
     }
 
     #[tokio::test]

@@ -58,9 +58,15 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
 }
 
 /// Answers `result`, counting it under `endpoint`.
-fn answer(app: &AppState, endpoint: &'static str, started: Instant, result: Result<Response, ApiError>) -> Response {
+fn answer(
+    app: &AppState,
+    endpoint: &'static str,
+    started: Instant,
+    result: Result<Response, ApiError>,
+) -> Response {
     let response = result.unwrap_or_else(IntoResponse::into_response);
-    app.metrics.record(endpoint, response.status().as_u16(), started.elapsed());
+    app.metrics
+        .record(endpoint, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -70,7 +76,9 @@ async fn acquire(
     body: Result<Body<AcquireRequest>, ApiError>,
 ) -> Response {
     let started = Instant::now();
-    let result = acquire_slot(&app, pool, body).await.map(|a| Json(a).into_response());
+    let result = acquire_slot(&app, pool, body)
+        .await
+        .map(|a| Json(a).into_response());
     answer(&app, "acquire", started, result)
 }
 
@@ -93,7 +101,9 @@ async fn acquire_slot(
     let window = Duration::from_secs(request.wait_secs).max(MIN_WINDOW);
     let give_up = tokio::time::Instant::now() + window + REPLY_GRACE;
     // Registered before publishing: the reply may come back before the confirm does.
-    let mut ticket = app.pending.register::<AssignReply>(request_id, session.epoch);
+    let mut ticket = app
+        .pending
+        .register::<AssignReply>(request_id, session.epoch);
     if !session.is_alive() {
         return Err(ApiError::BrokerDown);
     }
@@ -111,7 +121,11 @@ async fn acquire_slot(
         .with_correlation_id(request_id.to_string().into())
         .with_expiration(window.as_millis().to_string().into());
     session
-        .publish(&app.names.assign_queue(&pool), &encode(&message), properties)
+        .publish(
+            &app.names.assign_queue(&pool),
+            &encode(&message),
+            properties,
+        )
         .await
         .map_err(|err| {
             tracing::warn!(error = %err, "could not publish the assign request");
@@ -140,7 +154,9 @@ async fn renew(
     body: Result<Body<RenewRequest>, ApiError>,
 ) -> Response {
     let started = Instant::now();
-    let result = renew_lease(&app, slot, body).await.map(|r| Json(r).into_response());
+    let result = renew_lease(&app, slot, body)
+        .await
+        .map(|r| Json(r).into_response());
     answer(&app, "renew", started, result)
 }
 
@@ -156,7 +172,9 @@ async fn renew_lease(
     let (lease_token, lease_secs) = body?.0.check(&app.config)?;
     let session = app.link.session().ok_or(ApiError::BrokerDown)?;
     let request_id = Uuid::new_v4();
-    let mut ticket = app.pending.register::<RenewReply>(request_id, session.epoch);
+    let mut ticket = app
+        .pending
+        .register::<RenewReply>(request_id, session.epoch);
     if !session.is_alive() {
         return Err(ApiError::BrokerDown);
     }
@@ -165,7 +183,12 @@ async fn renew_lease(
         ApiError::BrokerDown
     };
     session.declare_slot(&slot).await.map_err(broker_down)?;
-    let message = Control::Renew { v: PROTOCOL_VERSION, request_id, lease_token, lease_secs };
+    let message = Control::Renew {
+        v: PROTOCOL_VERSION,
+        request_id,
+        lease_token,
+        lease_secs,
+    };
     let properties = json_properties()
         .with_reply_to(session.reply_queue.as_str().into())
         .with_correlation_id(request_id.to_string().into())
@@ -181,9 +204,9 @@ async fn renew_lease(
     };
     match (reply.outcome, reply.lease_expires) {
         (RenewOutcome::Renewed, Some(lease_expires)) => Ok(Renewed { lease_expires }),
-        (RenewOutcome::Renewed, None) => {
-            Err(ApiError::Internal(anyhow::anyhow!("worker renewed without a lease_expires")))
-        }
+        (RenewOutcome::Renewed, None) => Err(ApiError::Internal(anyhow::anyhow!(
+            "worker renewed without a lease_expires"
+        ))),
         (RenewOutcome::WrongToken, _) => Err(ApiError::WrongToken),
         (RenewOutcome::NotHeld, _) => Err(ApiError::NotHeld(slot)),
     }
@@ -214,7 +237,9 @@ async fn release_slot(
     }
     let token = body?.0.lease_token;
     check_token(&token)?;
-    let view = read_slot(app.store.as_ref(), slot).await.map_err(ApiError::Store)?;
+    let view = read_slot(app.store.as_ref(), slot)
+        .await
+        .map_err(ApiError::Store)?;
     if view.record.state != SlotState::Used {
         return Err(ApiError::NotHeld(slot.to_owned()));
     }
@@ -248,12 +273,17 @@ async fn pools(State(app): Shared) -> Response {
     for pool in &app.config.pools {
         let mut status = pool_counts(&snapshot, &pool.name);
         if let Some(session) = &session {
-            match session.queue_counts(&app.names.assign_queue(&pool.name)).await {
+            match session
+                .queue_counts(&app.names.assign_queue(&pool.name))
+                .await
+            {
                 Ok((waiting, consumers)) => {
                     status.waiting = Some(waiting);
                     status.consumers = Some(consumers);
                 }
-                Err(err) => tracing::warn!(pool = %pool.name, error = %err, "could not inspect the pool queue"),
+                Err(err) => {
+                    tracing::warn!(pool = %pool.name, error = %err, "could not inspect the pool queue")
+                }
             }
         }
         pools.push(status);
@@ -266,7 +296,9 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(app): Shared) -> Response {
-    if app.link.session().is_some() && !app.shutdown.is_cancelled() {
+    if app.shutdown.is_cancelled() {
+        ApiError::ShuttingDown.into_response()
+    } else if app.link.session().is_some() {
         Json(json!({"status": "ready"})).into_response()
     } else {
         ApiError::BrokerDown.into_response()
@@ -274,6 +306,8 @@ async fn readyz(State(app): Shared) -> Response {
 }
 
 async fn metrics(State(app): Shared) -> Response {
-    let text = app.metrics.render(app.pending.waiting_acquires(), app.link.session().is_some());
+    let text = app
+        .metrics
+        .render(app.pending.waiting_acquires(), app.link.session().is_some());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

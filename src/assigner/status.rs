@@ -48,16 +48,20 @@ pub(crate) struct StatusCache {
 
 impl StatusCache {
     pub(crate) fn new(store: Arc<dyn SlotStore>, config: Arc<Config>) -> Self {
-        StatusCache { store, config, cached: Mutex::new(None) }
+        StatusCache {
+            store,
+            config,
+            cached: Mutex::new(None),
+        }
     }
 
     /// The slots, read at most [`FRESH_FOR`] ago.
     pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
         let mut cached = self.cached.lock().await;
-        if let Some((at, snapshot)) = cached.as_ref() {
-            if at.elapsed() < FRESH_FOR {
-                return Ok(Arc::clone(snapshot));
-            }
+        if let Some((at, snapshot)) = cached.as_ref()
+            && at.elapsed() < FRESH_FOR
+        {
+            return Ok(Arc::clone(snapshot));
         }
         let archives = self.store.archives().await?;
         let now = Utc::now();

@@ -38,9 +38,16 @@ impl Lease {
 pub enum ClientError {
     /// The assigner answered an error.
     #[error("{message} ({status} {code})")]
-    Api { status: u16, code: String, message: String, retry_after: Option<u64> },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<u64>,
+    },
     /// The assigner could not be reached.
-    #[error("cannot reach the assigner at {url}: {reason}; is it running (`berth dev` starts one)?")]
+    #[error(
+        "cannot reach the assigner at {url}: {reason}; is it running (`berth dev` starts one)?"
+    )]
     Unreachable { url: String, reason: String },
     /// The assigner answered something this client cannot read.
     #[error("unexpected answer from the assigner: {0}")]
@@ -57,7 +64,9 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Api { code, .. } if code == "no_slot" => EXIT_NO_SLOT,
-            ClientError::Api { status: 403 | 409, .. } => EXIT_NOT_HOLDER,
+            ClientError::Api {
+                status: 403 | 409, ..
+            } => EXIT_NOT_HOLDER,
             _ => 1,
         }
     }
@@ -78,7 +87,10 @@ impl Client {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .expect("a default HTTP client builds");
-        Client { http, base: base.trim_end_matches('/').to_owned() }
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// `POST /v1/pools/{pool}/acquire`.
@@ -99,7 +111,9 @@ impl Client {
         // The server may hold the request for the whole wait (its default when none is given).
         let timeout = Duration::from_secs(wait_secs.unwrap_or(3600) + 30);
         let url = format!("{}/v1/pools/{pool}/acquire", self.base);
-        let response = self.send(self.http.post(&url).json(&body).timeout(timeout), &url).await?;
+        let response = self
+            .send(self.http.post(&url).json(&body).timeout(timeout), &url)
+            .await?;
         read_json(response).await
     }
 
@@ -115,7 +129,11 @@ impl Client {
             body["lease_secs"] = lease.into();
         }
         let url = format!("{}/v1/slots/{slot}/renew", self.base);
-        let request = self.http.post(&url).json(&body).timeout(Duration::from_secs(30));
+        let request = self
+            .http
+            .post(&url)
+            .json(&body)
+            .timeout(Duration::from_secs(30));
         let response = self.send(request, &url).await?;
         #[derive(Deserialize)]
         struct Renewed {
@@ -127,8 +145,11 @@ impl Client {
     /// `POST /v1/slots/{slot}/release`.
     pub async fn release(&self, slot: &str, token: &str) -> Result<(), ClientError> {
         let url = format!("{}/v1/slots/{slot}/release", self.base);
-        let request =
-            self.http.post(&url).json(&json!({"lease_token": token})).timeout(Duration::from_secs(30));
+        let request = self
+            .http
+            .post(&url)
+            .json(&json!({"lease_token": token}))
+            .timeout(Duration::from_secs(30));
         self.send(request, &url).await?;
         Ok(())
     }
@@ -136,7 +157,9 @@ impl Client {
     /// `GET /v1/slots` or `GET /v1/pools` (`what`), as JSON.
     pub async fn status(&self, what: &str) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/{what}", self.base);
-        let response = self.send(self.http.get(&url).timeout(Duration::from_secs(30)), &url).await?;
+        let response = self
+            .send(self.http.get(&url).timeout(Duration::from_secs(30)), &url)
+            .await?;
         read_json(response).await
     }
 
@@ -173,7 +196,10 @@ impl Client {
 async fn read_json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, ClientError> {
-    response.json().await.map_err(|e| ClientError::Unexpected(error_chain(&e)))
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Unexpected(error_chain(&e)))
 }
 
 /// An error with its causes, which reqwest keeps apart.

@@ -6,7 +6,8 @@ pub fn parse_secs(text: &str) -> Result<u64, String> {
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(secs);
     }
-    let bad = || format!("{text:?} is not a duration; write seconds (90) or e.g. 90s, 5m, 1h30m, 2d");
+    let bad =
+        || format!("{text:?} is not a duration; write seconds (90) or e.g. 90s, 5m, 1h30m, 2d");
     let mut total: u64 = 0;
     let mut number = String::new();
     for c in text.chars() {
@@ -22,7 +23,10 @@ pub fn parse_secs(text: &str) -> Result<u64, String> {
             _ => return Err(bad()),
         };
         let n: u64 = number.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
         number.clear();
     }
     if !number.is_empty() || text.is_empty() {

@@ -98,7 +98,9 @@ pub struct RunArgs {
 
 /// `USER@HOST`, the owner named when none is given.
 pub fn default_owner() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "someone".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "someone".into());
     let host = std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
@@ -111,7 +113,11 @@ pub fn default_owner() -> String {
 /// Prints a failed call's message and what to do, and gives its exit code.
 pub(crate) fn fail(err: &ClientError) -> ExitCode {
     eprintln!("berth: {err}");
-    if let ClientError::Api { retry_after: Some(secs), .. } = err {
+    if let ClientError::Api {
+        retry_after: Some(secs),
+        ..
+    } = err
+    {
         eprintln!("berth: the assigner suggests retrying in {secs} s");
     }
     ExitCode::from(err.exit_code())
@@ -121,7 +127,10 @@ pub(crate) fn fail(err: &ClientError) -> ExitCode {
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client.url);
     let owner = args.owner.clone().unwrap_or_else(default_owner);
-    match client.acquire(&args.pool, &owner, args.lease, args.wait).await {
+    match client
+        .acquire(&args.pool, &owner, args.lease, args.wait)
+        .await
+    {
         Ok(lease) => {
             print!("{}", output::acquired(&lease, args.client.format));
             Ok(ExitCode::SUCCESS)
@@ -133,9 +142,15 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
 /// `berth renew`.
 pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client.url);
-    match client.renew(&args.held.slot, &args.held.token, args.lease).await {
+    match client
+        .renew(&args.held.slot, &args.held.token, args.lease)
+        .await
+    {
         Ok(expires) => {
-            print!("{}", output::renewed(&args.held.slot, expires, args.client.format));
+            print!(
+                "{}",
+                output::renewed(&args.held.slot, expires, args.client.format)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(fail(&err)),
@@ -157,7 +172,9 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
 /// `berth status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client.url);
-    let result = async { Ok::<_, ClientError>((client.status("pools").await?, client.status("slots").await?)) };
+    let result = async {
+        Ok::<_, ClientError>((client.status("pools").await?, client.status("slots").await?))
+    };
     match result.await {
         Ok((pools, slots)) => {
             print!("{}", output::status(&pools, &slots, args.client.format));

@@ -29,7 +29,9 @@ pub fn lease_env(lease: &Lease) -> Vec<(&'static str, String)> {
 
 /// `export NAME=VALUE` lines, values quoted for any POSIX shell.
 pub fn exports(vars: &[(&str, String)]) -> String {
-    vars.iter().map(|(name, value)| format!("export {name}={}\n", shell_quote(value))).collect()
+    vars.iter()
+        .map(|(name, value)| format!("export {name}={}\n", shell_quote(value)))
+        .collect()
 }
 
 /// Quotes `value` for a POSIX shell unless it is made of safe characters only.
@@ -84,7 +86,9 @@ pub fn released(slot: &str, format: Format) -> String {
 /// What `berth status` prints, from `GET /v1/pools` and `GET /v1/slots`.
 pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
     if format == Format::Json {
-        return json_line(&json!({"pools": pools["pools"], "slots": slots["slots"], "as_of": slots["as_of"]}));
+        return json_line(
+            &json!({"pools": pools["pools"], "slots": slots["slots"], "as_of": slots["as_of"]}),
+        );
     }
     let text = |v: &Value| match v {
         Value::Null => "-".to_owned(),
@@ -109,7 +113,10 @@ pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
             text(&pool["consumers"]),
         ));
     }
-    out.push_str(&format!("\n{:<16} {:<12} {:<9} {:<26} {}\n", "SLOT", "POOL", "STATE", "LEASE_EXPIRES", "OWNER"));
+    out.push_str(&format!(
+        "\n{:<16} {:<12} {:<9} {:<26} {}\n",
+        "SLOT", "POOL", "STATE", "LEASE_EXPIRES", "OWNER"
+    ));
     for slot in slots["slots"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:<16} {:<12} {:<9} {:<26} {}\n",
@@ -140,12 +147,17 @@ mod tests {
             slot: "ppa-1".into(),
             pool: "ppa".into(),
             lease_token: "abc".into(),
-            lease_expires: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().into(),
+            lease_expires: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .unwrap()
+                .into(),
             resource: json!({"reference": "ppa:berth-ci/ppa-1"}),
         };
         let text = acquired(&lease, Format::Env);
         assert!(text.contains("export BERTH_SLOT=ppa-1\n"), "{text}");
-        assert!(text.contains("export BERTH_PPA=ppa:berth-ci/ppa-1\n"), "{text}");
+        assert!(
+            text.contains("export BERTH_PPA=ppa:berth-ci/ppa-1\n"),
+            "{text}"
+        );
         assert_eq!(shell_quote("it's $x"), r"'it'\''s $x'");
         assert_eq!(shell_quote(""), "''");
     }

@@ -22,17 +22,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let acquire = &args.acquire;
     let client = Client::new(&acquire.client.url);
     let owner = acquire.owner.clone().unwrap_or_else(default_owner);
-    let lease = match client.acquire(&acquire.pool, &owner, acquire.lease, acquire.wait).await {
+    let lease = match client
+        .acquire(&acquire.pool, &owner, acquire.lease, acquire.wait)
+        .await
+    {
         Ok(lease) => lease,
         Err(err) => return Ok(fail(&err)),
     };
-    eprintln!("berth: holding {} (pool {}) for `{}`", lease.slot, lease.pool, args.command.join(" "));
+    eprintln!(
+        "berth: holding {} (pool {}) for `{}`",
+        lease.slot,
+        lease.pool,
+        args.command.join(" ")
+    );
     let lease_secs = acquire
         .lease
         .unwrap_or_else(|| (lease.lease_expires - Utc::now()).num_seconds().max(1) as u64);
 
     let stop_renewing = CancellationToken::new();
-    let renewer = tokio::spawn(keep_renewed(client.clone(), lease.clone(), lease_secs, stop_renewing.clone()));
+    let renewer = tokio::spawn(keep_renewed(
+        client.clone(),
+        lease.clone(),
+        lease_secs,
+        stop_renewing.clone(),
+    ));
     let outcome = run_command(&args.command, &lease).await;
     stop_renewing.cancel();
     let _ = renewer.await;
@@ -50,7 +63,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(err) => {
             eprintln!("berth: cannot run `{}`: {err}", args.command[0]);
             // As shells do: 127 when the command is not found, 126 when it cannot run.
-            let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let code = if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
             Ok(ExitCode::from(code))
         }
     }
@@ -60,8 +77,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 async fn run_command(command: &[String], lease: &Lease) -> std::io::Result<ExitStatus> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut child = Command::new(&command[0]).args(&command[1..]).envs(lease_env(lease)).spawn()?;
-    let pid = child.id().and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .envs(lease_env(lease))
+        .spawn()?;
+    let pid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
     loop {
         let forward = tokio::select! {
             status = child.wait() => return status,
@@ -93,14 +116,24 @@ async fn keep_renewed(client: Client, lease: Lease, lease_secs: u64, stop: Cance
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(next) => {}
         }
-        match client.renew(&lease.slot, &lease.lease_token, Some(lease_secs)).await {
+        match client
+            .renew(&lease.slot, &lease.lease_token, Some(lease_secs))
+            .await
+        {
             Ok(_) => next = period,
-            Err(err @ ClientError::Api { status: 403 | 409, .. }) => {
+            Err(
+                err @ ClientError::Api {
+                    status: 403 | 409, ..
+                },
+            ) => {
                 eprintln!("berth: lost the lease of {}: {err}", lease.slot);
                 return;
             }
             Err(err) => {
-                eprintln!("berth: could not renew the lease of {} ({err}); retrying", lease.slot);
+                eprintln!(
+                    "berth: could not renew the lease of {} ({err}); retrying",
+                    lease.slot
+                );
                 next = (period / 4).max(Duration::from_secs(1));
             }
         }

@@ -70,14 +70,21 @@ impl Proc {
     }
 
     /// Sends `signal` and waits (up to 15 s) for the exit status.
-    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+    pub fn signal_and_wait(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
                 return status;
             }
-            assert!(std::time::Instant::now() < deadline, "process {} did not exit after {signal}", self.pid());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {} did not exit after {signal}",
+                self.pid()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -87,7 +94,10 @@ impl Drop for Proc {
     /// SIGTERM first, so that a supervisor stops its children; SIGKILL if it lingers.
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -110,7 +120,10 @@ pub fn fake_workers(namespace: &str, slots: &[String], claim_ms: u64) -> Proc {
         .env("BERTH_NAMESPACE", namespace)
         .env("BERTH_AMQP_URL", amqp_url())
         .env_remove("BERTH_CONFIG")
-        .env("RUST_LOG", std::env::var("BERTH_TEST_WORKER_LOG").unwrap_or_else(|_| "warn,lapin=error".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BERTH_TEST_WORKER_LOG").unwrap_or_else(|_| "warn,lapin=error".into()),
+        )
         .stdin(Stdio::null());
     for slot in slots {
         command.arg("--slot").arg(slot);
@@ -130,11 +143,19 @@ pub struct TestApp {
 impl TestApp {
     /// Starts the assigner of `config` over `store` and waits until it is ready.
     pub async fn spawn(config: Config, store: Arc<dyn SlotStore>) -> TestApp {
-        let app = Application::build(config.clone(), store).await.expect("build the assigner");
+        let app = Application::build(config.clone(), store)
+            .await
+            .expect("build the assigner");
         let base = format!("http://{}", app.addr());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(app.run_until(cancel.clone()));
-        let test_app = TestApp { base, http: reqwest::Client::new(), config, cancel, task };
+        let test_app = TestApp {
+            base,
+            http: reqwest::Client::new(),
+            config,
+            cancel,
+            task,
+        };
         wait_ready(&test_app.base, Duration::from_secs(10)).await;
         test_app
     }
@@ -159,7 +180,10 @@ impl TestApp {
     pub async fn stop(self) {
         self.cancel.cancel();
         let result = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-        assert!(matches!(result, Ok(Ok(Ok(())))), "the assigner did not stop cleanly: {result:?}");
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "the assigner did not stop cleanly: {result:?}"
+        );
         delete_queues(&self.config).await;
     }
 }
@@ -189,7 +213,12 @@ pub async fn answer(response: reqwest::Response) -> Answer {
         .map(|v| v.to_str().unwrap().to_owned());
     let text = response.text().await.unwrap();
     let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Answer { status, retry_after, json, text }
+    Answer {
+        status,
+        retry_after,
+        json,
+        text,
+    }
 }
 
 /// Waits until `base/readyz` answers 200.
@@ -234,11 +263,21 @@ pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
 /// Publishes a `Release` straight to a slot's control queue, as a worker would receive it
 /// (for fake workers, whose store the assigner cannot read).
 pub async fn release_direct(names: &Names, slot: &str, token: &str) {
-    let conn = berth::broker::connect(&amqp_url(), "berth-test").await.unwrap();
+    let conn = berth::broker::connect(&amqp_url(), "berth-test")
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
-    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    berth::broker::declare_slot_queue(&channel, names, slot).await.unwrap();
-    let body = encode(&Control::Release { v: PROTOCOL_VERSION, lease_token: token.into() });
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    berth::broker::declare_slot_queue(&channel, names, slot)
+        .await
+        .unwrap();
+    let body = encode(&Control::Release {
+        v: PROTOCOL_VERSION,
+        lease_token: token.into(),
+    });
     let confirm = channel
         .basic_publish(
             "".into(),
@@ -269,7 +308,9 @@ pub async fn delete_queues(config: &Config) {
     for queue in queues {
         // A failed delete closes the channel: use one per queue.
         if let Ok(channel) = conn.create_channel().await {
-            let _ = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
         }
     }
     if let Ok(channel) = conn.create_channel().await {
