@@ -132,6 +132,7 @@ struct Held {
 struct Tally {
     acquires: u64,
     no_slot: u64,
+    unavailable: u64,
     interrupted: u64,
     gave_up: u64,
     releases: u64,
@@ -145,7 +146,14 @@ struct Tally {
 
 type Shared = Arc<Mutex<Tally>>;
 
-async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed: u64) {
+async fn client_loop(
+    id: usize,
+    url: String,
+    store_root: String,
+    tally: Shared,
+    stop: Instant,
+    seed: u64,
+) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut round = 0u64;
@@ -191,11 +199,31 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
             }
         };
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let body: Value = response.json().await.unwrap_or(Value::Null);
         match status {
             200 => {}
             503 => {
-                tally.lock().unwrap().no_slot += 1;
+                {
+                    let mut t = tally.lock().unwrap();
+                    if body["error"] == "no_slot" {
+                        t.no_slot += 1;
+                    } else {
+                        t.unavailable += 1;
+                    }
+                }
+                if retry_after.is_none() {
+                    tally.lock().unwrap().violations.push(format!(
+                        "inv4: a 503 to {owner} without Retry-After: {body}"
+                    ));
+                }
+                // A CI client honours Retry-After; a short pause keeps the load realistic.
+                let pause = retry_after.unwrap_or(1).min(1) * rng.random_range(100..500);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
                 continue;
             }
             other => {
@@ -218,6 +246,12 @@ async fn client_loop(id: usize, url: String, tally: Shared, stop: Instant, seed:
             t.last_success = Some(got);
         }
         let token_sha256 = berth::lease::token_hash(&token);
+        // Use the slot: upload a package, which cleaning must delete before the next holder.
+        let _ = http
+            .post(format!("{store_root}_fake/ppas/{slot}/uploads"))
+            .json(&json!({"package": format!("pkg-{id}"), "version": format!("{round}.0")}))
+            .send()
+            .await;
         let roll: f64 = rng.random();
         if roll < 0.1 {
             // Never released: the lease must bring it back.
@@ -402,6 +436,7 @@ amqp_url = "amqp://guest:guest@{proxy}/%2f"
 namespace = "chaos"
 listen = "127.0.0.1:{port}"
 default_lease_secs = 5
+default_wait_secs = 5
 max_wait_secs = 10
 
 [store]
@@ -455,6 +490,7 @@ slots = [{slots}]
             tokio::spawn(client_loop(
                 i,
                 url.clone(),
+                fake.api_root(),
                 tally.clone(),
                 stop,
                 seed ^ (i as u64 + 1),
@@ -555,6 +591,7 @@ slots = [{slots}]
         ));
     }
     check_history(&fake, &mut tally);
+    check_cleaned(&fake, &mut tally).await;
     check_overlaps(&mut tally);
 
     let faults = injected
@@ -577,8 +614,9 @@ slots = [{slots}]
         tally.violations.len()
     );
     eprintln!(
-        "chaos: no_slot={} interrupted={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
+        "chaos: no_slot={} unavailable={} interrupted={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
         tally.no_slot,
+        tally.unavailable,
         tally.interrupted,
         tally.gave_up,
         tally.renews,
@@ -622,6 +660,31 @@ fn check_overlaps(tally: &mut Tally) {
         }
     }
     tally.violations.extend(found);
+}
+
+/// Invariant 3, the cleaning half: once every slot is free, no PPA holds a live upload.
+async fn check_cleaned(fake: &FakeLaunchpad, tally: &mut Tally) {
+    use berth::store::{LIVE_STATUSES, LaunchpadStore, SlotStore};
+    let store = LaunchpadStore::new(
+        &fake.api_root(),
+        "devel",
+        "berth-ci",
+        None,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    for i in 1..=SLOTS {
+        let ppa = format!("ppa-{i}");
+        for status in LIVE_STATUSES {
+            let live = store.published_sources(&ppa, status).await.unwrap();
+            if !live.is_empty() {
+                tally.violations.push(format!(
+                    "inv3: {ppa} is free but still holds {} {status} uploads",
+                    live.len()
+                ));
+            }
+        }
+    }
 }
 
 /// Invariants 1 and 2 from the store's side: every claim starts from `free`, and every
