@@ -119,8 +119,15 @@ mod tests {
         assert_eq!(ten_thousand, vec![1000; 10]);
         for slots in [1, 7, 999, 1000, 1001, 4096, 10_001, 25_000] {
             let per = loads(slots, 1000);
-            assert_eq!(per.iter().sum::<usize>(), slots, "{slots}: every slot placed");
-            assert!(per.iter().all(|&n| (1..=1000).contains(&n)), "{slots}: {per:?}");
+            assert_eq!(
+                per.iter().sum::<usize>(),
+                slots,
+                "{slots}: every slot placed"
+            );
+            assert!(
+                per.iter().all(|&n| (1..=1000).contains(&n)),
+                "{slots}: {per:?}"
+            );
             let (min, max) = (per.iter().min().unwrap(), per.iter().max().unwrap());
             assert!(max - min <= 1, "{slots}: uneven {per:?}");
         }
@@ -130,6 +137,9 @@ mod tests {
     fn shards_are_consecutive_blocks() {
         let shards: Vec<usize> = (0..3000).map(|i| shard_of(i, 3000, 1000)).collect();
         assert!(shards.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!((shards[0], shards[999], shards[1000], shards[2999]), (0, 0, 1, 2));
+        assert_eq!(
+            (shards[0], shards[999], shards[1000], shards[2999]),
+            (0, 0, 1, 2)
+        );
     }
 }

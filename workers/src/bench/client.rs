@@ -19,7 +19,11 @@ pub(crate) struct Held {
 }
 
 /// `POST /v1/pools/{pool}/acquire`, waiting up to 30 s for a slot.
-pub(crate) async fn acquire(http: &reqwest::Client, base: &str, pool: &str) -> Result<Held, String> {
+pub(crate) async fn acquire(
+    http: &reqwest::Client,
+    base: &str,
+    pool: &str,
+) -> Result<Held, String> {
     let response = http
         .post(format!("{base}/v1/pools/{pool}/acquire"))
         .json(&json!({"owner": "berth-bench", "lease_secs": 600, "wait_secs": 30}))
@@ -31,7 +35,10 @@ pub(crate) async fn acquire(http: &reqwest::Client, base: &str, pool: &str) -> R
         let body = response.text().await.unwrap_or_default();
         return Err(format!("acquire answered {status}: {body}"));
     }
-    response.json().await.map_err(|e| format!("acquire body: {e}"))
+    response
+        .json()
+        .await
+        .map_err(|e| format!("acquire body: {e}"))
 }
 
 /// `POST /v1/slots/{slot}/release`.
@@ -52,7 +59,11 @@ pub(crate) async fn release(http: &reqwest::Client, base: &str, held: &Held) -> 
 
 /// Publishes a confirmed, persistent `Release` to the slot's control queue, as the assigner
 /// does (fake workers keep their records in memory, where the assigner cannot check them).
-pub(crate) async fn release_direct(channel: &Channel, names: &Names, held: &Held) -> Result<(), String> {
+pub(crate) async fn release_direct(
+    channel: &Channel,
+    names: &Names,
+    held: &Held,
+) -> Result<(), String> {
     let body = encode(&Control::Release {
         v: PROTOCOL_VERSION,
         lease_token: held.lease_token.clone(),
@@ -69,7 +80,11 @@ pub(crate) async fn release_direct(channel: &Channel, names: &Names, held: &Held
         .map_err(|e| format!("release: {e}"))?
         .await
         .map_err(|e| format!("release confirm: {e}"))?;
-    if confirm.is_ack() { Ok(()) } else { Err("release nacked".into()) }
+    if confirm.is_ack() {
+        Ok(())
+    } else {
+        Err("release nacked".into())
+    }
 }
 
 /// Consumers of `queue` right now (a passive declare on a fresh channel: a missing queue
@@ -80,7 +95,10 @@ pub(crate) async fn consumers(connection: &Connection, queue: &str) -> Result<u3
         passive: true,
         ..QueueDeclareOptions::default()
     };
-    let count = match channel.queue_declare(queue.into(), options, FieldTable::default()).await {
+    let count = match channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+    {
         Ok(queue) => queue.consumer_count(),
         Err(_) => 0,
     };
@@ -111,12 +129,21 @@ pub(crate) async fn wait_consumers(
 }
 
 /// Waits until `GET {base}/readyz` answers 200; answers how long that took.
-pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str, deadline: Duration) -> anyhow::Result<Duration> {
+pub(crate) async fn wait_ready(
+    http: &reqwest::Client,
+    base: &str,
+    deadline: Duration,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let url = format!("{base}/readyz");
     let mut last = String::from("no answer");
     while started.elapsed() < deadline {
-        match http.get(&url).timeout(Duration::from_millis(500)).send().await {
+        match http
+            .get(&url)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+        {
             Ok(r) if r.status().is_success() => return Ok(started.elapsed()),
             Ok(r) => last = r.status().to_string(),
             Err(e) => last = e.to_string(),

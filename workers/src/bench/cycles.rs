@@ -38,13 +38,21 @@ struct Counter {
     last: std::sync::Mutex<Option<Instant>>,
 }
 
-async fn count_cleaned(connection: &Connection, names: &Names, pool: &str) -> anyhow::Result<Arc<Counter>> {
+async fn count_cleaned(
+    connection: &Connection,
+    names: &Names,
+    pool: &str,
+) -> anyhow::Result<Arc<Counter>> {
     let channel = connection.create_channel().await?;
     berth::broker::declare_common(&channel, names).await?;
     let queue = channel
         .queue_declare(
             "".into(),
-            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
@@ -61,11 +69,18 @@ async fn count_cleaned(connection: &Connection, names: &Names, pool: &str) -> an
         .basic_consume(
             queue.name().clone(),
             "".into(),
-            BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+            BasicConsumeOptions {
+                no_ack: true,
+                exclusive: true,
+                ..Default::default()
+            },
             FieldTable::default(),
         )
         .await?;
-    let counter = Arc::new(Counter { count: AtomicU64::new(0), last: std::sync::Mutex::new(None) });
+    let counter = Arc::new(Counter {
+        count: AtomicU64::new(0),
+        last: std::sync::Mutex::new(None),
+    });
     let seen = Arc::clone(&counter);
     tokio::spawn(async move {
         // Ends when the channel closes (below) or the connection goes.
@@ -78,8 +93,8 @@ async fn count_cleaned(connection: &Connection, names: &Names, pool: &str) -> an
     Ok(counter)
 }
 
-/// `clients` clients acquire and release slots of `pool` (of `slots` slots, all free at the
-/// start) back to back for `duration`; then waits for every released slot to be cleaned.
+/// One client per slot acquires and releases slots of `pool` (of `slots` slots, all free at
+/// the start) back to back for `duration`; then waits for every released slot to be cleaned.
 pub(crate) async fn run(
     connection: &Connection,
     names: &Names,
@@ -87,16 +102,27 @@ pub(crate) async fn run(
     base: &str,
     pool: &str,
     slots: usize,
-    clients: usize,
     duration: Duration,
 ) -> anyhow::Result<CycleResult> {
+    // As many clients as slots: every slot is always either held or being cleaned.
+    let clients = slots;
     let counter = count_cleaned(connection, names, pool).await?;
     let released = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let result = {
-        let (http, base, pool, released) = (http.clone(), base.to_owned(), pool.to_owned(), Arc::clone(&released));
+        let (http, base, pool, released) = (
+            http.clone(),
+            base.to_owned(),
+            pool.to_owned(),
+            Arc::clone(&released),
+        );
         closed_loop(clients, duration, move |_| {
-            let (http, base, pool, released) = (http.clone(), base.clone(), pool.clone(), Arc::clone(&released));
+            let (http, base, pool, released) = (
+                http.clone(),
+                base.clone(),
+                pool.clone(),
+                Arc::clone(&released),
+            );
             async move {
                 let t = Instant::now();
                 let held = client::acquire(&http, &base, &pool).await?;
@@ -114,8 +140,15 @@ pub(crate) async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cleaned = counter.count.load(Ordering::SeqCst).min(released);
-    let last = counter.last.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(Instant::now);
-    let secs = last.saturating_duration_since(started).as_secs_f64().max(1e-9);
+    let last = counter
+        .last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(Instant::now);
+    let secs = last
+        .saturating_duration_since(started)
+        .as_secs_f64()
+        .max(1e-9);
     Ok(CycleResult {
         slots,
         clients,

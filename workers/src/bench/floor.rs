@@ -52,23 +52,39 @@ struct Server {
 }
 
 impl Floor {
-    pub(crate) async fn start(amqp_url: &str, queue: String, target: Target) -> anyhow::Result<Floor> {
+    pub(crate) async fn start(
+        amqp_url: &str,
+        queue: String,
+        target: Target,
+    ) -> anyhow::Result<Floor> {
         let cancel = CancellationToken::new();
         // The consumer side.
         let consumer = berth::broker::connect(amqp_url, "berth-bench-floor-consumer").await?;
         let channel = consumer.create_channel().await?;
         channel
-            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let deliveries = channel
             .basic_consume(
                 queue.as_str().into(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
-        tokio::spawn(consume(channel, deliveries, Arc::new(target), cancel.clone()));
+        tokio::spawn(consume(
+            channel,
+            deliveries,
+            Arc::new(target),
+            cancel.clone(),
+        ));
 
         // The HTTP side.
         let server = berth::broker::connect(amqp_url, "berth-bench-floor-server").await?;
@@ -76,7 +92,11 @@ impl Floor {
         let reply = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -84,7 +104,11 @@ impl Floor {
             .basic_consume(
                 reply.name().clone(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -98,21 +122,31 @@ impl Floor {
         tokio::spawn(route_replies(Arc::clone(&state), replies, cancel.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let router = axum::Router::new().route("/floor", post(request)).with_state(state);
+        let router = axum::Router::new()
+            .route("/floor", post(request))
+            .with_state(state);
         let stop = cancel.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
         });
-        Ok(Floor { addr, cancel, server, consumer, queue })
+        Ok(Floor {
+            addr,
+            cancel,
+            server,
+            consumer,
+            queue,
+        })
     }
 
     /// Stops both ends and deletes the floor queue.
     pub(crate) async fn stop(self) {
         self.cancel.cancel();
         if let Ok(channel) = self.consumer.create_channel().await {
-            let _ = channel.queue_delete(self.queue.as_str().into(), Default::default()).await;
+            let _ = channel
+                .queue_delete(self.queue.as_str().into(), Default::default())
+                .await;
         }
         let _ = self.server.close(200, "floor done".into()).await;
         let _ = self.consumer.close(200, "floor done".into()).await;
@@ -130,7 +164,13 @@ async fn request(State(server): State<Arc<Server>>) -> Result<Vec<u8>, axum::htt
         .with_correlation_id(id.to_string().into());
     let published = server
         .channel
-        .basic_publish("".into(), server.queue.as_str().into(), BasicPublishOptions::default(), b"{}", properties)
+        .basic_publish(
+            "".into(),
+            server.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            properties,
+        )
         .await;
     if published.is_err() {
         server.lock().remove(&id);
@@ -151,7 +191,11 @@ impl Server {
     }
 }
 
-async fn route_replies(server: Arc<Server>, mut replies: lapin::Consumer, cancel: CancellationToken) {
+async fn route_replies(
+    server: Arc<Server>,
+    mut replies: lapin::Consumer,
+    cancel: CancellationToken,
+) {
     loop {
         let delivery = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -170,7 +214,12 @@ async fn route_replies(server: Arc<Server>, mut replies: lapin::Consumer, cancel
 }
 
 /// The consumer: for each request, one PATCH, then the reply.
-async fn consume(channel: Channel, mut deliveries: lapin::Consumer, target: Arc<Target>, cancel: CancellationToken) {
+async fn consume(
+    channel: Channel,
+    mut deliveries: lapin::Consumer,
+    target: Arc<Target>,
+    cancel: CancellationToken,
+) {
     let http = reqwest::Client::new();
     let mut turn = 0usize;
     loop {
@@ -195,16 +244,23 @@ async fn consume(channel: Channel, mut deliveries: lapin::Consumer, target: Arc<
                 Ok(r) if r.status().is_success() => b"{\"ok\":true}",
                 _ => b"{\"ok\":false}",
             };
-            let (Some(reply_to), Some(correlation)) =
-                (delivery.properties.reply_to().clone(), delivery.properties.correlation_id().clone())
-            else {
+            let (Some(reply_to), Some(correlation)) = (
+                delivery.properties.reply_to().clone(),
+                delivery.properties.correlation_id().clone(),
+            ) else {
                 return;
             };
             let properties = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_correlation_id(correlation);
             let _ = channel
-                .basic_publish("".into(), reply_to, BasicPublishOptions::default(), body, properties)
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
                 .await;
         });
     }
@@ -213,11 +269,21 @@ async fn consume(channel: Channel, mut deliveries: lapin::Consumer, target: Arc<
 /// One floor request through its HTTP server; answers its latency.
 pub(crate) async fn call(http: &reqwest::Client, url: &str) -> Result<Duration, String> {
     let started = std::time::Instant::now();
-    let response = http.post(url).send().await.map_err(|e| format!("floor: {e}"))?;
+    let response = http
+        .post(url)
+        .send()
+        .await
+        .map_err(|e| format!("floor: {e}"))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| format!("floor body: {e}"))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("floor body: {e}"))?;
     if !status.is_success() || body.as_ref() != b"{\"ok\":true}" {
-        return Err(format!("floor answered {status}: {}", String::from_utf8_lossy(&body)));
+        return Err(format!(
+            "floor answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
     Ok(started.elapsed())
 }

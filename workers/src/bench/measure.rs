@@ -113,7 +113,10 @@ mod tests {
     fn nearest_rank_percentiles() {
         let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
         let s = Summary::of(samples);
-        assert_eq!((s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms), (100, 50.0, 90.0, 99.0, 100.0));
+        assert_eq!(
+            (s.count, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms),
+            (100, 50.0, 90.0, 99.0, 100.0)
+        );
         let one = Summary::of(vec![Duration::from_millis(7)]);
         assert_eq!((one.p50_ms, one.p99_ms), (7.0, 7.0));
         assert_eq!(Summary::of(Vec::new()).count, 0);

@@ -62,7 +62,10 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
     let connection = berth::broker::connect(&options.amqp_url, "berth-bench")
         .await
         .context("cannot connect to the broker")?;
-    eprintln!("berth-bench: namespace {namespace}, logs in {}", stack.dir.display());
+    eprintln!(
+        "berth-bench: namespace {namespace}, logs in {}",
+        stack.dir.display()
+    );
     let result = measure_all(&options, &namespace, &pools, &stack, &connection).await;
     cleanup(&connection, &stack).await;
     let _ = connection.close(200, "bench done".into()).await;
@@ -87,10 +90,21 @@ async fn measure_all(
     eprintln!("berth-bench: floor");
     let floor_queue = format!("{namespace}.floor");
     let target = floor::Target {
-        archives_url: format!("{}devel/~{}/+archive/ubuntu/", stack.fake.api_root(), stack.config.store.owner),
-        ppas: (1..=stack::FLOOR_PPAS).map(|i| format!("ppa-{}", pools.ppa_slots() + i)).collect(),
+        archives_url: format!(
+            "{}devel/~{}/+archive/ubuntu/",
+            stack.fake.api_root(),
+            stack.config.store.owner
+        ),
+        ppas: (1..=stack::FLOOR_PPAS)
+            .map(|i| format!("ppa-{}", pools.ppa_slots() + i))
+            .collect(),
         credentials: berth::store::Credentials::from_file(
-            stack.config.store.credentials_file.as_deref().context("no credentials file")?,
+            stack
+                .config
+                .store
+                .credentials_file
+                .as_deref()
+                .context("no credentials file")?,
         )?,
     };
     let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
@@ -107,7 +121,13 @@ async fn measure_all(
     let mut workers = stack.ppa_workers()?;
     let log = stack.log("workers-ppa");
     for (pool, n) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
-        let waited = client::wait_consumers(connection, &names.assign_queue(pool), n as u32, stack::START_DEADLINE).await;
+        let waited = client::wait_consumers(
+            connection,
+            &names.assign_queue(pool),
+            n as u32,
+            stack::START_DEADLINE,
+        )
+        .await;
         workers.check_alive("berth-worker", &log)?;
         waited?;
     }
@@ -117,16 +137,40 @@ async fn measure_all(
     eprintln!("berth-bench: acquire latency");
     let stack_phase = Phase {
         one_client: acquire_loop(connection, stack, &http, pools.small, 1, options.phase).await?,
-        sixteen_clients: acquire_loop(connection, stack, &http, pools.small, 16, options.phase).await?,
+        sixteen_clients: acquire_loop(connection, stack, &http, pools.small, 16, options.phase)
+            .await?,
     };
 
     let mut cycle_runs = Vec::new();
     for (pool, slots) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
         eprintln!("berth-bench: full cycles, {slots} slots");
-        client::wait_consumers(connection, &names.assign_queue(pool), slots as u32, Duration::from_secs(60)).await?;
-        cycle_runs.push(cycles::run(connection, &names, &http, &stack.base, pool, slots, slots, options.cycle).await?);
+        client::wait_consumers(
+            connection,
+            &names.assign_queue(pool),
+            slots as u32,
+            Duration::from_secs(60),
+        )
+        .await?;
+        cycle_runs.push(
+            cycles::run(
+                connection,
+                &names,
+                &http,
+                &stack.base,
+                pool,
+                slots,
+                options.cycle,
+            )
+            .await?,
+        );
     }
-    client::wait_consumers(connection, &names.assign_queue(stack::SMALL), pools.small as u32, Duration::from_secs(60)).await?;
+    client::wait_consumers(
+        connection,
+        &names.assign_queue(stack::SMALL),
+        pools.small as u32,
+        Duration::from_secs(60),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss_after_load = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
 
@@ -139,16 +183,41 @@ async fn measure_all(
         let started = assigner.started;
         client::wait_ready(&http, &stack.base, Duration::from_secs(30)).await?;
         ready_ms.push(measure::millis(started.elapsed()));
-        let held = client::acquire(&http, &stack.base, stack::SMALL).await.map_err(anyhow::Error::msg)?;
+        let held = client::acquire(&http, &stack.base, stack::SMALL)
+            .await
+            .map_err(anyhow::Error::msg)?;
         first_acquire_ms.push(measure::millis(started.elapsed()));
-        client::release(&http, &stack.base, &held).await.map_err(anyhow::Error::msg)?;
+        client::release(&http, &stack.base, &held)
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     workers.kill();
 
     let scale = if options.scale_slots > 0 {
-        eprintln!("berth-bench: scale, {} slots then {} slots", pools.scale_base, pools.scale);
-        let base = scale::run(stack, connection, &http, stack::SCALE_BASE, pools.scale_base, 1, options.phase).await?;
-        let large = scale::run(stack, connection, &http, stack::SCALE, pools.scale, 1, options.phase).await?;
+        eprintln!(
+            "berth-bench: scale, {} slots then {} slots",
+            pools.scale_base, pools.scale
+        );
+        let base = scale::run(
+            stack,
+            connection,
+            &http,
+            stack::SCALE_BASE,
+            pools.scale_base,
+            1,
+            options.phase,
+        )
+        .await?;
+        let large = scale::run(
+            stack,
+            connection,
+            &http,
+            stack::SCALE,
+            pools.scale,
+            1,
+            options.phase,
+        )
+        .await?;
         Some(Scale { base, large })
     } else {
         None
@@ -158,7 +227,9 @@ async fn measure_all(
     let mut report = Report {
         namespace: namespace.to_owned(),
         release_build: !cfg!(debug_assertions),
-        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         setup: Setup {
             assigner: "separate `berth assigner` process",
             workers: "separate `berth-worker` processes (one per pool)",
@@ -184,7 +255,12 @@ async fn measure_all(
     Ok(report)
 }
 
-async fn floor_loop(http: &reqwest::Client, url: &str, clients: usize, phase: Duration) -> LoopResult {
+async fn floor_loop(
+    http: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    phase: Duration,
+) -> LoopResult {
     let (http, url) = (http.clone(), url.to_owned());
     measure::closed_loop(clients, phase, move |_| {
         let (http, url) = (http.clone(), url.clone());
@@ -222,7 +298,12 @@ async fn acquire_loop(
 /// channels at once.
 async fn cleanup(connection: &Connection, stack: &Stack) {
     let names = stack.config.names();
-    let mut queues: Vec<String> = stack.config.pools.iter().map(|p| names.assign_queue(&p.name)).collect();
+    let mut queues: Vec<String> = stack
+        .config
+        .pools
+        .iter()
+        .map(|p| names.assign_queue(&p.name))
+        .collect();
     queues.extend(stack.all_slots().map(|s| names.slot_queue(s)));
     queues.push(names.dead_queue());
     queues.push(format!("{}.floor", names.namespace()));
@@ -230,7 +311,9 @@ async fn cleanup(connection: &Connection, stack: &Stack) {
     let deletes = (0..CHANNELS).map(|k| {
         let queues = &queues;
         async move {
-            let Ok(mut channel) = connection.create_channel().await else { return };
+            let Ok(mut channel) = connection.create_channel().await else {
+                return;
+            };
             for queue in queues.iter().skip(k).step_by(CHANNELS) {
                 if !channel.status().connected() {
                     match connection.create_channel().await {
@@ -238,16 +321,16 @@ async fn cleanup(connection: &Connection, stack: &Stack) {
                         Err(_) => return,
                     }
                 }
-                let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), Default::default())
+                    .await;
             }
         }
     });
     futures::future::join_all(deletes).await;
     if let Ok(channel) = connection.create_channel().await {
-        let _ = channel.exchange_delete(names.events_exchange().into(), Default::default()).await;
+        let _ = channel
+            .exchange_delete(names.events_exchange().into(), Default::default())
+            .await;
     }
 }
-
-
-
-

@@ -104,15 +104,26 @@ impl Report {
             acquire_p90_16c: ratio(s16.latency.p90_ms, f16.latency.p90_ms),
             acquire_p99_16c: ratio(s16.latency.p99_ms, f16.latency.p99_ms),
             acquire_release_rate_16c: ratio(s16.per_sec, f16.per_sec),
-            full_cycles: self.cycles.iter().map(|c| (c.slots, ratio(c.per_sec, f16.per_sec))).collect(),
-            scale_acquire_p50: self
-                .scale
-                .as_ref()
-                .map(|s| ratio(s.large.acquire.latency.p50_ms, s.base.acquire.latency.p50_ms)),
+            full_cycles: self
+                .cycles
+                .iter()
+                .map(|c| (c.slots, ratio(c.per_sec, f16.per_sec)))
+                .collect(),
+            scale_acquire_p50: self.scale.as_ref().map(|s| {
+                ratio(
+                    s.large.acquire.latency.p50_ms,
+                    s.base.acquire.latency.p50_ms,
+                )
+            }),
         };
         let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
         let mut targets = vec![
-            Target::at_most("acquire p50 / floor p50, 1 client", self.ratios.acquire_p50_1c, 1.5, "x"),
+            Target::at_most(
+                "acquire p50 / floor p50, 1 client",
+                self.ratios.acquire_p50_1c,
+                1.5,
+                "x",
+            ),
             Target::at_most("acquire p99, 1 client", s1.latency.p99_ms, 5.0, "ms"),
             Target::at_least(
                 "acquire+release per s / floor per s, 16 clients",
@@ -121,8 +132,18 @@ impl Report {
                 "x",
             ),
             Target::at_most("assigner idle RSS", self.assigner.idle_rss_mib, 32.0, "MiB"),
-            Target::at_most("assigner idle RSS after load", self.assigner.idle_rss_after_load_mib, 32.0, "MiB"),
-            Target::at_most("killed assigner ready again (worst)", max(&self.assigner.restart_ready_ms), 1000.0, "ms"),
+            Target::at_most(
+                "assigner idle RSS after load",
+                self.assigner.idle_rss_after_load_mib,
+                32.0,
+                "MiB",
+            ),
+            Target::at_most(
+                "killed assigner ready again (worst)",
+                max(&self.assigner.restart_ready_ms),
+                1000.0,
+                "ms",
+            ),
         ];
         if let Some(scale) = &self.scale {
             targets.push(Target::at_most(
@@ -151,14 +172,34 @@ impl Report {
                 r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.per_sec, r.errors
             );
         };
-        let _ = writeln!(out, "{:<34} {:>8} {:>8} {:>8} {:>9} {:>6}", "latency (ms) / rate", "p50", "p90", "p99", "per s", "errors");
+        let _ = writeln!(
+            out,
+            "{:<34} {:>8} {:>8} {:>8} {:>9} {:>6}",
+            "latency (ms) / rate", "p50", "p90", "p99", "per s", "errors"
+        );
         row(&mut out, "floor, 1 client", &self.floor.one_client);
         row(&mut out, "floor, 16 clients", &self.floor.sixteen_clients);
-        row(&mut out, "acquire (+release), 1 client", &self.stack.one_client);
-        row(&mut out, "acquire (+release), 16 clients", &self.stack.sixteen_clients);
+        row(
+            &mut out,
+            "acquire (+release), 1 client",
+            &self.stack.one_client,
+        );
+        row(
+            &mut out,
+            "acquire (+release), 16 clients",
+            &self.stack.sixteen_clients,
+        );
         if let Some(scale) = &self.scale {
-            row(&mut out, &format!("fake, {} slots, acquire", scale.base.slots), &scale.base.acquire);
-            row(&mut out, &format!("fake, {} slots, acquire", scale.large.slots), &scale.large.acquire);
+            row(
+                &mut out,
+                &format!("fake, {} slots, acquire", scale.base.slots),
+                &scale.base.acquire,
+            );
+            row(
+                &mut out,
+                &format!("fake, {} slots, acquire", scale.large.slots),
+                &scale.large.acquire,
+            );
         }
         for c in &self.cycles {
             let _ = writeln!(
@@ -176,12 +217,21 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(out, "\n{:<50} {:>10} {:>10}  met", "target", "value", "limit");
+        let _ = writeln!(
+            out,
+            "\n{:<50} {:>10} {:>10}  met",
+            "target", "value", "limit"
+        );
         for t in &self.targets {
             let _ = writeln!(
                 out,
                 "{:<50} {:>8.2}{:<2} {:>8.2}{:<2}  {}",
-                t.name, t.value, t.unit, t.limit, t.unit, if t.met { "yes" } else { "NO" }
+                t.name,
+                t.value,
+                t.unit,
+                t.limit,
+                t.unit,
+                if t.met { "yes" } else { "NO" }
             );
         }
         out
@@ -190,9 +240,21 @@ impl Report {
 
 impl Target {
     fn at_most(name: &'static str, value: f64, limit: f64, unit: &'static str) -> Target {
-        Target { name, value, limit, unit, met: value <= limit }
+        Target {
+            name,
+            value,
+            limit,
+            unit,
+            met: value <= limit,
+        }
     }
     fn at_least(name: &'static str, value: f64, limit: f64, unit: &'static str) -> Target {
-        Target { name, value, limit, unit, met: value >= limit }
+        Target {
+            name,
+            value,
+            limit,
+            unit,
+            met: value >= limit,
+        }
     }
 }

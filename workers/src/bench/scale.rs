@@ -45,7 +45,10 @@ pub(crate) async fn run(
         Duration::from_secs(300),
     )
     .await;
-    workers.check_alive("berth-worker --fake", &stack.log(&format!("workers-{pool}")))?;
+    workers.check_alive(
+        "berth-worker --fake",
+        &stack.log(&format!("workers-{pool}")),
+    )?;
     waited?;
     let all_consuming = workers.started.elapsed();
     // Let start-up work settle before reading memory.
@@ -53,12 +56,19 @@ pub(crate) async fn run(
     let (rss, _) = rss_mib(workers.pid()).unwrap_or_default();
 
     let channel = Arc::new(connection.create_channel().await?);
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let base = stack.base.clone();
     let (http2, pool2, names2) = (http.clone(), pool.to_owned(), names.clone());
     let acquire = closed_loop(clients, duration, move |_| {
-        let (http, base, pool, names, channel) =
-            (http2.clone(), base.clone(), pool2.clone(), names2.clone(), Arc::clone(&channel));
+        let (http, base, pool, names, channel) = (
+            http2.clone(),
+            base.clone(),
+            pool2.clone(),
+            names2.clone(),
+            Arc::clone(&channel),
+        );
         async move {
             let t = Instant::now();
             let held = client::acquire(&http, &base, &pool).await?;

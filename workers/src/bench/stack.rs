@@ -40,10 +40,22 @@ impl Pools {
         let ppas = |from: usize, n: usize| (from..from + n).map(|i| format!("ppa-{i}")).collect();
         let named = |prefix: &str, n: usize| (1..=n).map(|i| format!("{prefix}-{i}")).collect();
         vec![
-            PoolConfig { name: SMALL.into(), slots: ppas(1, self.small) },
-            PoolConfig { name: LARGE.into(), slots: ppas(1 + self.small, self.large) },
-            PoolConfig { name: SCALE_BASE.into(), slots: named("sb", self.scale_base) },
-            PoolConfig { name: SCALE.into(), slots: named("sc", self.scale) },
+            PoolConfig {
+                name: SMALL.into(),
+                slots: ppas(1, self.small),
+            },
+            PoolConfig {
+                name: LARGE.into(),
+                slots: ppas(1 + self.small, self.large),
+            },
+            PoolConfig {
+                name: SCALE_BASE.into(),
+                slots: named("sb", self.scale_base),
+            },
+            PoolConfig {
+                name: SCALE.into(),
+                slots: named("sc", self.scale),
+            },
         ]
     }
 }
@@ -86,7 +98,13 @@ pub(crate) fn rss_mib(pid: u32) -> Option<(f64, f64)> {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
             .map(|kb| kb / 1024.0)
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
@@ -103,7 +121,12 @@ pub(crate) struct Stack {
 }
 
 impl Stack {
-    pub(crate) async fn start(amqp_url: &str, namespace: &str, pools: &Pools, bin_dir: &Path) -> anyhow::Result<Stack> {
+    pub(crate) async fn start(
+        amqp_url: &str,
+        namespace: &str,
+        pools: &Pools,
+        bin_dir: &Path,
+    ) -> anyhow::Result<Stack> {
         for bin in ["berth", "berth-worker"] {
             let path = bin_dir.join(bin);
             anyhow::ensure!(
@@ -114,7 +137,10 @@ impl Stack {
         }
         let fake = FakeLaunchpad::start(
             SocketAddr::from(([127, 0, 0, 1], 0)),
-            FakeConfig { ppas: pools.ppa_slots() + FLOOR_PPAS, ..FakeConfig::default() },
+            FakeConfig {
+                ppas: pools.ppa_slots() + FLOOR_PPAS,
+                ..FakeConfig::default()
+            },
         )
         .await?;
         let dir = std::env::temp_dir().join(format!("berth-bench-{namespace}"));
@@ -153,8 +179,17 @@ impl Stack {
         self.dir.join(format!("{name}.log"))
     }
 
-    fn spawn(&self, bin: &str, args: &[&str], log: &str, env: &[(&str, String)]) -> anyhow::Result<Proc> {
-        let log = File::options().create(true).append(true).open(self.log(log))?;
+    fn spawn(
+        &self,
+        bin: &str,
+        args: &[&str],
+        log: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Proc> {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log(log))?;
         let mut command = Command::new(self.bin_dir.join(bin));
         command
             .args(args)
@@ -163,14 +198,18 @@ impl Stack {
             .stdout(Stdio::null())
             .stderr(log);
         // The generated file says it all: no override from the bench's own environment.
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("BERTH_") && k != "BERTH_CONFIG") {
+        for (key, _) in
+            std::env::vars().filter(|(k, _)| k.starts_with("BERTH_") && k != "BERTH_CONFIG")
+        {
             command.env_remove(key);
         }
         for (key, value) in env {
             command.env(key, value);
         }
         let started = Instant::now();
-        let child = command.spawn().with_context(|| format!("cannot start {bin}"))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {bin}"))?;
         Ok(Proc { child, started })
     }
 
@@ -187,17 +226,30 @@ impl Stack {
             .filter_map(|p| self.config.pool(p))
             .flat_map(|p| p.slots.iter().map(String::as_str))
             .collect();
-        self.spawn("berth-worker", &[], "workers-ppa", &[("BERTH_SLOTS", slots.join(","))])
+        self.spawn(
+            "berth-worker",
+            &[],
+            "workers-ppa",
+            &[("BERTH_SLOTS", slots.join(","))],
+        )
     }
 
     /// One `berth-worker --fake` process working every slot of `pool`.
     pub(crate) fn fake_workers(&self, pool: &str) -> anyhow::Result<Proc> {
-        self.spawn("berth-worker", &["--fake", "--pool", pool], &format!("workers-{pool}"), &[])
+        self.spawn(
+            "berth-worker",
+            &["--fake", "--pool", pool],
+            &format!("workers-{pool}"),
+            &[],
+        )
     }
 
     /// Every slot name of the configuration.
     pub(crate) fn all_slots(&self) -> impl Iterator<Item = &str> {
-        self.config.pools.iter().flat_map(|p| p.slots.iter().map(String::as_str))
+        self.config
+            .pools
+            .iter()
+            .flat_map(|p| p.slots.iter().map(String::as_str))
     }
 }
 
