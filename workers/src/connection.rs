@@ -1,10 +1,47 @@
-//! The one AMQP connection of a worker process, shared by its slot workers (one channel
-//! each). All connection handling lives here, so that sharding slots over several
-//! connections (past the 2047-channel limit) later changes only this file.
+//! The AMQP connections of a worker process, shared by its slot workers (one channel each).
+//! RabbitMQ allows 2047 channels per connection by default, so a process hosting more slots
+//! spreads them over several connections ([`shard_of`]): at most
+//! [`MAX_CHANNELS_PER_CONNECTION`] slot workers share one.
+
+use std::sync::Arc;
 
 use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+
+/// The most slot workers that share one connection: well below RabbitMQ's default
+/// `channel_max` (2047), leaving room for the channels a standby worker opens and closes
+/// while it retries the slot lock.
+pub(crate) const MAX_CHANNELS_PER_CONNECTION: usize = 1000;
+
+/// How many connections `slots` slot workers need, at most `per_connection` on each.
+pub(crate) fn shard_count(slots: usize, per_connection: usize) -> usize {
+    slots.div_ceil(per_connection.max(1)).max(1)
+}
+
+/// The connection (shard) of the `index`-th of `slots` slot workers: consecutive blocks, as
+/// even as possible, so `slots` = 2001 at 1000 a connection gives blocks of 667.
+pub(crate) fn shard_of(index: usize, slots: usize, per_connection: usize) -> usize {
+    let shards = shard_count(slots, per_connection);
+    // Spread evenly: shard k holds indexes [k*slots/shards, (k+1)*slots/shards).
+    (index * shards) / slots.max(1)
+}
+
+/// One [`Connector`] per shard for `slots` slot workers, named `name` (with `-<shard>`
+/// appended when there are several).
+pub(crate) fn connectors(url: &str, name: &str, slots: usize) -> Vec<Arc<Connector>> {
+    let shards = shard_count(slots, MAX_CHANNELS_PER_CONNECTION);
+    (0..shards)
+        .map(|shard| {
+            let name = if shards == 1 {
+                name.to_owned()
+            } else {
+                format!("{name}-{shard}")
+            };
+            Arc::new(Connector::new(url, &name))
+        })
+        .collect()
+}
 
 /// Hands out channels, (re)connecting when there is no live connection. When the connection
 /// drops, every slot worker's channel fails; the first one to ask for a new channel
@@ -51,5 +88,58 @@ impl Connector {
         {
             let _ = conn.close(200, "worker shutting down".into()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many of `slots` slot workers each shard gets.
+    fn loads(slots: usize, per: usize) -> Vec<usize> {
+        let mut loads = vec![0; shard_count(slots, per)];
+        for index in 0..slots {
+            loads[shard_of(index, slots, per)] += 1;
+        }
+        loads
+    }
+
+    #[test]
+    fn one_connection_up_to_the_limit() {
+        assert_eq!(loads(1, 1000), vec![1]);
+        assert_eq!(loads(1000, 1000), vec![1000]);
+        assert_eq!(shard_count(0, 1000), 1);
+    }
+
+    #[test]
+    fn past_the_limit_slots_spread_evenly_and_never_exceed_it() {
+        assert_eq!(loads(1001, 1000), vec![501, 500]);
+        assert_eq!(loads(2001, 1000), vec![667, 667, 667]);
+        let ten_thousand = loads(10_000, MAX_CHANNELS_PER_CONNECTION);
+        assert_eq!(ten_thousand, vec![1000; 10]);
+        for slots in [1, 7, 999, 1000, 1001, 4096, 10_001, 25_000] {
+            let per = loads(slots, 1000);
+            assert_eq!(
+                per.iter().sum::<usize>(),
+                slots,
+                "{slots}: every slot placed"
+            );
+            assert!(
+                per.iter().all(|&n| (1..=1000).contains(&n)),
+                "{slots}: {per:?}"
+            );
+            let (min, max) = (per.iter().min().unwrap(), per.iter().max().unwrap());
+            assert!(max - min <= 1, "{slots}: uneven {per:?}");
+        }
+    }
+
+    #[test]
+    fn shards_are_consecutive_blocks() {
+        let shards: Vec<usize> = (0..3000).map(|i| shard_of(i, 3000, 1000)).collect();
+        assert!(shards.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(
+            (shards[0], shards[999], shards[1000], shards[2999]),
+            (0, 0, 1, 2)
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! A worker process: any number of slot workers as independent tasks over one broker
-//! connection, stopped together by one cancellation token.
+//! A worker process: any number of slot workers as independent tasks over its broker
+//! connections (one per [`crate::connection::MAX_CHANNELS_PER_CONNECTION`] slots), stopped
+//! together by one cancellation token.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use tracing::Instrument;
 use berth::config::Config;
 use berth::store::SlotStore;
 
-use crate::connection::Connector;
+use crate::connection;
 use crate::options::{SlotSpec, WorkerOptions};
 use crate::slot::{self, Slot};
 
@@ -43,10 +44,13 @@ pub async fn run_slots(
     if let Some(twice) = slots.iter().find(|s| !seen.insert(&s.slot)) {
         return Err(RunError::DuplicateSlot(twice.slot.clone()));
     }
-    let connector = Arc::new(Connector::new(&config.amqp_url, &options.connection_name));
+    let connectors =
+        connection::connectors(&config.amqp_url, &options.connection_name, slots.len());
+    let count = slots.len();
     let options = Arc::new(options);
     let tracker = TaskTracker::new();
-    for spec in slots {
+    for (index, spec) in slots.into_iter().enumerate() {
+        let shard = connection::shard_of(index, count, connection::MAX_CHANNELS_PER_CONNECTION);
         let span = tracing::info_span!("slot", pool = %spec.pool, slot = %spec.slot);
         let slot = Slot {
             spec,
@@ -55,10 +59,12 @@ pub async fn run_slots(
             options: options.clone(),
             cancel: cancel.clone(),
         };
-        tracker.spawn(slot::run(slot, connector.clone()).instrument(span));
+        tracker.spawn(slot::run(slot, connectors[shard].clone()).instrument(span));
     }
     tracker.close();
     tracker.wait().await;
-    connector.close().await;
+    for connector in &connectors {
+        connector.close().await;
+    }
     Ok(())
 }

@@ -1,0 +1,336 @@
+//! `berth-bench`: acquire latency, throughput and slot scale of the whole stack, each next
+//! to the bare message flow on the same broker (the floor, [`floor`]). Performance targets
+//! live here, never in timed tests.
+//!
+//! One run: the floor at 1 and 16 clients; the stack (fake Launchpad in this process, the
+//! assigner and the workers as separate processes, see [`stack`]) at 1 and 16 clients; full
+//! cycles on a small and a large pool; assigner memory and restart readiness; then one fake
+//! worker process with a small pool and one with a very large pool ([`scale`]). Everything
+//! lives in a fresh namespace whose queues are deleted at the end.
+
+mod client;
+mod cycles;
+mod floor;
+mod measure;
+mod report;
+mod scale;
+mod stack;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lapin::Connection;
+
+pub use cycles::CycleResult;
+pub use measure::{LoopResult, Summary};
+pub use report::{AssignerFigures, Phase, Ratios, Report, Scale, Setup, Target};
+pub use scale::ScaleRun;
+
+use stack::{Pools, Stack, rss_mib};
+
+/// What to run, and how long.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub amqp_url: String,
+    /// Where `berth` and `berth-worker` are (by default, next to `berth-bench`).
+    pub bin_dir: PathBuf,
+    /// Length of each latency phase.
+    pub phase: Duration,
+    /// Length of each full-cycle run.
+    pub cycle: Duration,
+    /// The pools of the full-cycle runs (PPAs on the fake Launchpad, real worker mode).
+    pub small_slots: usize,
+    pub large_slots: usize,
+    /// The pools of the scale runs (fake worker mode); `scale_slots` 0 skips them.
+    pub scale_base_slots: usize,
+    pub scale_slots: usize,
+    /// How many times the assigner is killed and started again.
+    pub restarts: usize,
+}
+
+/// Runs the bench; the namespace's queues are deleted whatever happens.
+pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
+    let namespace = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let pools = Pools {
+        small: options.small_slots,
+        large: options.large_slots,
+        scale_base: options.scale_base_slots.max(1),
+        scale: options.scale_slots.max(1),
+    };
+    let stack = Stack::start(&options.amqp_url, &namespace, &pools, &options.bin_dir).await?;
+    let connection = berth::broker::connect(&options.amqp_url, "berth-bench")
+        .await
+        .context("cannot connect to the broker")?;
+    eprintln!(
+        "berth-bench: namespace {namespace}, logs in {}",
+        stack.dir.display()
+    );
+    let result = measure_all(&options, &namespace, &pools, &stack, &connection).await;
+    cleanup(&connection, &stack).await;
+    let _ = connection.close(200, "bench done".into()).await;
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&stack.dir);
+    }
+    stack.fake.shutdown().await;
+    result
+}
+
+async fn measure_all(
+    options: &BenchOptions,
+    namespace: &str,
+    pools: &Pools,
+    stack: &Stack,
+    connection: &Connection,
+) -> anyhow::Result<Report> {
+    let http = reqwest::Client::new();
+    let names = stack.config.names();
+
+    // The floor first, alone on the machine.
+    eprintln!("berth-bench: floor");
+    let floor_queue = format!("{namespace}.floor");
+    let target = floor::Target {
+        archives_url: format!(
+            "{}devel/~{}/+archive/ubuntu/",
+            stack.fake.api_root(),
+            stack.config.store.owner
+        ),
+        ppas: (1..=stack::FLOOR_PPAS)
+            .map(|i| format!("ppa-{}", pools.ppa_slots() + i))
+            .collect(),
+        credentials: berth::store::Credentials::from_file(
+            stack
+                .config
+                .store
+                .credentials_file
+                .as_deref()
+                .context("no credentials file")?,
+        )?,
+    };
+    let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
+    let url = format!("http://{}/floor", floor.addr);
+    let floor_phase = Phase {
+        one_client: floor_loop(&http, &url, 1, options.phase).await,
+        sixteen_clients: floor_loop(&http, &url, 16, options.phase).await,
+    };
+    floor.stop().await;
+
+    eprintln!("berth-bench: starting the assigner and the PPA workers");
+    let mut assigner = stack.assigner()?;
+    client::wait_ready(&http, &stack.base, stack::START_DEADLINE).await?;
+    let mut workers = stack.ppa_workers()?;
+    let log = stack.log("workers-ppa");
+    for (pool, n) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
+        let waited = client::wait_consumers(
+            connection,
+            &names.assign_queue(pool),
+            n as u32,
+            stack::START_DEADLINE,
+        )
+        .await;
+        workers.check_alive("berth-worker", &log)?;
+        waited?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
+
+    eprintln!("berth-bench: acquire latency");
+    let stack_phase = Phase {
+        one_client: acquire_loop(connection, stack, &http, pools.small, 1, options.phase).await?,
+        sixteen_clients: acquire_loop(connection, stack, &http, pools.small, 16, options.phase)
+            .await?,
+    };
+
+    let mut cycle_runs = Vec::new();
+    for (pool, slots) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
+        eprintln!("berth-bench: full cycles, {slots} slots");
+        client::wait_consumers(
+            connection,
+            &names.assign_queue(pool),
+            slots as u32,
+            Duration::from_secs(60),
+        )
+        .await?;
+        cycle_runs.push(
+            cycles::run(
+                connection,
+                &names,
+                &http,
+                &stack.base,
+                pool,
+                slots,
+                options.cycle,
+            )
+            .await?,
+        );
+    }
+    client::wait_consumers(
+        connection,
+        &names.assign_queue(stack::SMALL),
+        pools.small as u32,
+        Duration::from_secs(60),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss_after_load = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
+
+    eprintln!("berth-bench: assigner restarts");
+    let mut ready_ms = Vec::new();
+    let mut first_acquire_ms = Vec::new();
+    for _ in 0..options.restarts {
+        assigner.kill();
+        assigner = stack.assigner()?;
+        let started = assigner.started;
+        client::wait_ready(&http, &stack.base, Duration::from_secs(30)).await?;
+        ready_ms.push(measure::millis(started.elapsed()));
+        let held = client::acquire(&http, &stack.base, stack::SMALL)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        first_acquire_ms.push(measure::millis(started.elapsed()));
+        client::release(&http, &stack.base, &held)
+            .await
+            .map_err(anyhow::Error::msg)?;
+    }
+    workers.kill();
+
+    let scale = if options.scale_slots > 0 {
+        eprintln!(
+            "berth-bench: scale, {} slots then {} slots",
+            pools.scale_base, pools.scale
+        );
+        let base = scale::run(
+            stack,
+            connection,
+            &http,
+            stack::SCALE_BASE,
+            pools.scale_base,
+            1,
+            options.phase,
+        )
+        .await?;
+        let large = scale::run(
+            stack,
+            connection,
+            &http,
+            stack::SCALE,
+            pools.scale,
+            1,
+            options.phase,
+        )
+        .await?;
+        Some(Scale { base, large })
+    } else {
+        None
+    };
+    assigner.kill();
+
+    let mut report = Report {
+        namespace: namespace.to_owned(),
+        release_build: !cfg!(debug_assertions),
+        cpus: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        setup: Setup {
+            assigner: "separate `berth assigner` process",
+            workers: "separate `berth-worker` processes (one per pool)",
+            store: "fake Launchpad in the bench process, deletions at once; scale runs: --fake (in memory)",
+            floor: "HTTP server and consumer in the bench process, on two broker connections",
+            phase_secs: options.phase.as_secs_f64(),
+            cycle_secs: options.cycle.as_secs_f64(),
+        },
+        floor: floor_phase,
+        stack: stack_phase,
+        cycles: cycle_runs,
+        assigner: AssignerFigures {
+            idle_rss_mib: idle_rss,
+            idle_rss_after_load_mib: idle_rss_after_load,
+            restart_ready_ms: ready_ms,
+            restart_first_acquire_ms: first_acquire_ms,
+        },
+        scale,
+        ratios: Ratios::default(),
+        targets: Vec::new(),
+    };
+    report.judge();
+    Ok(report)
+}
+
+async fn floor_loop(
+    http: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    phase: Duration,
+) -> LoopResult {
+    let (http, url) = (http.clone(), url.to_owned());
+    measure::closed_loop(clients, phase, move |_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { floor::call(&http, &url).await }
+    })
+    .await
+}
+
+/// Acquire (timed) then release (through the assigner) on the small pool, back to back.
+async fn acquire_loop(
+    connection: &Connection,
+    stack: &Stack,
+    http: &reqwest::Client,
+    slots: usize,
+    clients: usize,
+    phase: Duration,
+) -> anyhow::Result<LoopResult> {
+    let queue = stack.config.names().assign_queue(stack::SMALL);
+    client::wait_consumers(connection, &queue, slots as u32, Duration::from_secs(60)).await?;
+    let (http, base) = (http.clone(), stack.base.clone());
+    Ok(measure::closed_loop(clients, phase, move |_| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let started = Instant::now();
+            let held = client::acquire(&http, &base, stack::SMALL).await?;
+            let latency = started.elapsed();
+            client::release(&http, &base, &held).await?;
+            Ok(latency)
+        }
+    })
+    .await)
+}
+
+/// Deletes every queue and the exchange of the run's namespace (best effort), on a few
+/// channels at once.
+async fn cleanup(connection: &Connection, stack: &Stack) {
+    let names = stack.config.names();
+    let mut queues: Vec<String> = stack
+        .config
+        .pools
+        .iter()
+        .map(|p| names.assign_queue(&p.name))
+        .collect();
+    queues.extend(stack.all_slots().map(|s| names.slot_queue(s)));
+    queues.push(names.dead_queue());
+    queues.push(format!("{}.floor", names.namespace()));
+    const CHANNELS: usize = 8;
+    let deletes = (0..CHANNELS).map(|k| {
+        let queues = &queues;
+        async move {
+            let Ok(mut channel) = connection.create_channel().await else {
+                return;
+            };
+            for queue in queues.iter().skip(k).step_by(CHANNELS) {
+                if !channel.status().connected() {
+                    match connection.create_channel().await {
+                        Ok(fresh) => channel = fresh,
+                        Err(_) => return,
+                    }
+                }
+                let _ = channel
+                    .queue_delete(queue.as_str().into(), Default::default())
+                    .await;
+            }
+        }
+    });
+    futures::future::join_all(deletes).await;
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .exchange_delete(names.events_exchange().into(), Default::default())
+            .await;
+    }
+}
