@@ -136,6 +136,7 @@ struct Tally {
     interrupted: u64,
     gave_up: u64,
     releases: u64,
+    ambiguous_releases: u64,
     wrong_token_refused: u64,
     never_released: u64,
     renews: u64,
@@ -300,12 +301,17 @@ async fn client_loop(
         }
         // Release, retrying a little while the broker or assigner is away; if it never
         // goes through, the lease brings the slot back.
+        // The client stops using the slot when it first asks to release it. An attempt that
+        // got no answer (the assigner killed under it, the broker gone) may still have gone
+        // through, so a later `403`/`409` is no violation then: the slot was given back.
         let mut released_at = None;
+        let mut first_sent = None;
         for _ in 0..5 {
             if Instant::now() + Duration::from_millis(300) >= until {
                 break;
             }
             let sent = Instant::now();
+            let first = *first_sent.get_or_insert(sent);
             match post(
                 &http,
                 &format!("{url}/v1/slots/{slot}/release"),
@@ -314,7 +320,12 @@ async fn client_loop(
             .await
             {
                 Some((202, _)) => {
-                    released_at = Some(sent);
+                    released_at = Some(first);
+                    break;
+                }
+                Some((403 | 409, _)) if first < sent => {
+                    tally.lock().unwrap().ambiguous_releases += 1;
+                    released_at = Some(first);
                     break;
                 }
                 Some((code @ (403 | 409), body)) => {
@@ -330,6 +341,7 @@ async fn client_loop(
         if released_at.is_some() {
             t.releases += 1;
         }
+        let released_at = released_at.or(first_sent);
         let until = released_at.map_or(until, |r| r.min(until));
         t.held.push(Held {
             owner,
@@ -614,10 +626,11 @@ slots = [{slots}]
         tally.violations.len()
     );
     eprintln!(
-        "chaos: no_slot={} unavailable={} interrupted={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
+        "chaos: no_slot={} unavailable={} interrupted={} ambiguous_releases={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
         tally.no_slot,
         tally.unavailable,
         tally.interrupted,
+        tally.ambiguous_releases,
         tally.gave_up,
         tally.renews,
         tally.wrong_token_refused,
