@@ -383,12 +383,6 @@ impl SlotStore for LaunchpadStore {
     }
 
     fn resource(&self, name: &str) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "ppa",
-            "owner": self.owner,
-            "name": name,
-            "reference": format!("ppa:{}/{name}", self.owner),
-            "self_link": self.archive_url(name).as_str(),
-        })
+        super::ppa_resource(&self.owner, name, self.archive_url(name).as_str())
     }
 }

@@ -169,13 +169,7 @@ impl SlotStore for MemoryStore {
     }
 
     fn resource(&self, name: &str) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "ppa",
-            "owner": self.owner,
-            "name": name,
-            "reference": format!("ppa:{}/{name}", self.owner),
-            "self_link": self.link(name),
-        })
+        super::ppa_resource(&self.owner, name, &self.link(name))
     }
 }
 

@@ -78,3 +78,15 @@ pub trait SlotStore: Send + Sync + 'static {
     /// What a client is told about the resource it was handed (DESIGN §3 `resource`).
     fn resource(&self, name: &str) -> serde_json::Value;
 }
+
+/// What a client is told about a PPA it was handed: enough to upload to it
+/// (`dput ppa:OWNER/NAME`) and to find it in the API.
+pub fn ppa_resource(owner: &str, name: &str, self_link: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "ppa",
+        "owner": owner,
+        "name": name,
+        "reference": format!("ppa:{owner}/{name}"),
+        "self_link": self_link,
+    })
+}

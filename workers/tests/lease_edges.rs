@@ -12,11 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use berth::config::Config;
 use berth::lease::{new_token, token_hash};
 use berth::protocol::{
     AssignReply, AssignRequest, Control, EventKind, PROTOCOL_VERSION, RenewOutcome, RenewReply,
@@ -25,8 +22,8 @@ use berth::protocol::{
 use berth::record::{SlotRecord, SlotState, parse_description, render_description};
 use berth::store::slot::read_slot;
 use berth::store::{Archive, MemoryStore, SlotStore, SourcePublication, StoreError};
-use berth_worker::{RunError, SlotSpec, WorkerOptions, run_slots};
-use common::{Client, POOL, config, fast_options, wait_state};
+use berth_worker::WorkerOptions;
+use common::{Client, POOL, config, fast_options, spawn, wait_state};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -115,49 +112,6 @@ impl SlotStore for Recording {
     }
     fn resource(&self, name: &str) -> serde_json::Value {
         self.inner.resource(name)
-    }
-}
-
-struct Workers {
-    cancel: CancellationToken,
-    handle: JoinHandle<Result<(), RunError>>,
-}
-
-fn spawn(
-    config: &Config,
-    slots: &[&str],
-    store: Arc<dyn SlotStore>,
-    options: WorkerOptions,
-) -> Workers {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,lapin=error,lapin::channel=off")
-        .with_test_writer()
-        .try_init();
-    let cancel = CancellationToken::new();
-    let specs = slots
-        .iter()
-        .map(|s| SlotSpec {
-            pool: POOL.into(),
-            slot: s.to_string(),
-        })
-        .collect();
-    let handle = tokio::spawn(run_slots(
-        Arc::new(config.clone()),
-        specs,
-        store,
-        options,
-        cancel.clone(),
-    ));
-    Workers { cancel, handle }
-}
-
-impl Workers {
-    async fn stop(self) {
-        self.cancel.cancel();
-        let result = tokio::time::timeout(WITHIN, self.handle)
-            .await
-            .expect("workers stop in time");
-        result.unwrap().unwrap();
     }
 }
 

@@ -8,62 +8,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use berth::config::Config;
 use berth::lease::token_hash;
 use berth::protocol::{EventKind, RenewOutcome};
 use berth::record::SlotState;
 use berth::store::slot::read_slot;
 use berth::store::{Archive, MemoryStore, SlotStore, SourcePublication, StoreError};
-use berth_worker::{RunError, SlotSpec, WorkerOptions, run_slots};
-use common::{Client, POOL, config, fast_options, free_store, wait_for, wait_state};
+use common::{Client, POOL, config, fast_options, free_store, spawn, wait_for, wait_state};
 
 const WITHIN: Duration = Duration::from_secs(15);
-
-struct Workers {
-    cancel: CancellationToken,
-    handle: JoinHandle<Result<(), RunError>>,
-}
-
-fn spawn(
-    config: &Config,
-    slots: &[&str],
-    store: Arc<dyn SlotStore>,
-    options: WorkerOptions,
-) -> Workers {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("info,lapin=error,lapin::channel=off")
-        .with_test_writer()
-        .try_init();
-    let cancel = CancellationToken::new();
-    let specs = slots
-        .iter()
-        .map(|s| SlotSpec {
-            pool: POOL.into(),
-            slot: s.to_string(),
-        })
-        .collect();
-    let handle = tokio::spawn(run_slots(
-        Arc::new(config.clone()),
-        specs,
-        store,
-        options,
-        cancel.clone(),
-    ));
-    Workers { cancel, handle }
-}
-
-impl Workers {
-    async fn stop(self) {
-        self.cancel.cancel();
-        let result = tokio::time::timeout(WITHIN, self.handle)
-            .await
-            .expect("workers stop in time");
-        result.unwrap().unwrap();
-    }
-}
 
 #[tokio::test]
 async fn assign_reply_names_the_slot_and_the_store_keeps_only_the_hash() {

@@ -25,7 +25,9 @@ use berth::protocol::{
 use berth::record::{SlotRecord, SlotState, render_description};
 use berth::store::slot::{SlotView, read_slot};
 use berth::store::{MemoryStore, SlotStore};
-use berth_worker::WorkerOptions;
+use berth_worker::{RunError, SlotSpec, WorkerOptions, run_slots};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub mod launchpad;
 
@@ -390,4 +392,50 @@ pub async fn private_queue(channel: &Channel) -> (String, Consumer) {
         .await
         .unwrap();
     (name, consumer)
+}
+
+/// Slot workers hosted in this test process, over the store the test gives them.
+pub struct Workers {
+    cancel: CancellationToken,
+    handle: JoinHandle<Result<(), RunError>>,
+}
+
+/// Starts slot workers for `slots` of pool [`POOL`].
+pub fn spawn(
+    config: &Config,
+    slots: &[&str],
+    store: Arc<dyn SlotStore>,
+    options: WorkerOptions,
+) -> Workers {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info,lapin=error,lapin::channel=off")
+        .with_test_writer()
+        .try_init();
+    let cancel = CancellationToken::new();
+    let specs = slots
+        .iter()
+        .map(|s| SlotSpec {
+            pool: POOL.into(),
+            slot: s.to_string(),
+        })
+        .collect();
+    let handle = tokio::spawn(run_slots(
+        Arc::new(config.clone()),
+        specs,
+        store,
+        options,
+        cancel.clone(),
+    ));
+    Workers { cancel, handle }
+}
+
+impl Workers {
+    /// Stops them as SIGTERM would and checks they ended cleanly.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .expect("workers stop in time");
+        result.unwrap().unwrap();
+    }
 }
