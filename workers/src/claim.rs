@@ -5,10 +5,10 @@
 
 use chrono::Duration as ChronoDuration;
 use futures::StreamExt;
-use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Consumer};
 use tracing::Instrument;
 
 use berth::lease;
@@ -42,7 +42,11 @@ impl Session<'_> {
     /// Consumes the pool queue until a request is claimed, shutdown, or trouble.
     pub(crate) async fn serve_free(&mut self) -> Result<Flow, Trouble> {
         let (names, pool_name) = (&self.slot.names, &self.slot.spec.pool);
-        berth::broker::declare_pool_queue(&self.channel, names, pool_name).await?;
+        // Once per channel: a declare is a broker round trip on every return to free.
+        if !self.pool_declared {
+            berth::broker::declare_pool_queue(&self.channel, names, pool_name).await?;
+            self.pool_declared = true;
+        }
         let mut pool = self
             .channel
             .basic_consume(
@@ -74,9 +78,7 @@ impl Session<'_> {
     }
 
     async fn stop_consuming(&self, pool: &Consumer) -> Result<(), lapin::Error> {
-        self.channel
-            .basic_cancel(pool.tag(), BasicCancelOptions::default())
-            .await
+        cancel_consumer(self.channel.clone(), pool.tag()).await
     }
 
     async fn on_request(
@@ -98,13 +100,22 @@ impl Session<'_> {
             }
         };
         let span = tracing::info_span!("claim", request_id = %request.body.request_id);
-        self.stop_consuming(pool).await?;
-        match self.claim(&request).instrument(span.clone()).await {
-            Ok(Claim::Answered) => ack(&delivery).await?,
+        // Stopping the consumer runs alongside the claim: prefetch 1 holds back any further
+        // request while this one is unacked, and both are done before the ack below, so the
+        // worker never takes another request while not free.
+        let stopping = cancel_consumer(self.channel.clone(), pool.tag());
+        let (stopped, claimed) =
+            tokio::join!(stopping, self.claim(&request).instrument(span.clone()));
+        match claimed {
+            Ok(Claim::Answered) => {
+                stopped?;
+                ack(&delivery).await?;
+            }
             Ok(Claim::NotFree) => {
                 span.in_scope(|| {
                     tracing::info!("the slot is no longer free; requeueing the request")
                 });
+                stopped?;
                 requeue(&delivery).await?;
             }
             Err(err) => {
@@ -223,6 +234,13 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// Cancels the consumer `tag` on `channel` (owned, so it may run alongside a claim).
+async fn cancel_consumer(channel: Channel, tag: ShortString) -> Result<(), lapin::Error> {
+    channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
 }
 
 /// A lease length chrono can add to a date: at least one second, at most ten years.
