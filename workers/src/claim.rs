@@ -179,9 +179,6 @@ impl Session<'_> {
             std::process::abort();
         }
         tracing::info!(owner = %body.owner, %lease_expires, "claimed");
-        self.events
-            .emit(EventKind::Assigned, Some(&body.owner))
-            .await;
 
         let reply = AssignReply {
             v: PROTOCOL_VERSION,
@@ -198,7 +195,7 @@ impl Session<'_> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
+        let confirm = self
             .channel
             .basic_publish(
                 "".into(),
@@ -207,8 +204,13 @@ impl Session<'_> {
                 &encode(&reply),
                 properties,
             )
-            .await?
             .await?;
+        // The event goes out behind the reply, while the reply's confirm is on its way: the
+        // requester waits for the reply, nobody waits for the event.
+        self.events
+            .emit(EventKind::Assigned, Some(&body.owner))
+            .await;
+        let confirmation = confirm.await?;
         let delivered = confirmation.is_ack() && confirmation.take_message().is_none();
         if !delivered {
             tracing::warn!(
