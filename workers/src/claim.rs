@@ -100,22 +100,22 @@ impl Session<'_> {
             }
         };
         let span = tracing::info_span!("claim", request_id = %request.body.request_id);
-        // Stopping the consumer runs alongside the claim: prefetch 1 holds back any further
-        // request while this one is unacked, and both are done before the ack below, so the
-        // worker never takes another request while not free.
-        let stopping = cancel_consumer(self.channel.clone(), pool.tag());
-        let (stopped, claimed) =
-            tokio::join!(stopping, self.claim(&request).instrument(span.clone()));
+        let mut consuming = true;
+        let claimed = self
+            .claim(&request, pool.tag(), &mut consuming)
+            .instrument(span.clone())
+            .await;
+        // Whatever happened, the consumer is stopped before the request is settled: with
+        // prefetch 1, nothing else is delivered while it is unacked.
+        if consuming && let Err(err) = self.stop_consuming(pool).await {
+            return Err(err.into());
+        }
         match claimed {
-            Ok(Claim::Answered) => {
-                stopped?;
-                ack(&delivery).await?;
-            }
+            Ok(Claim::Answered) => ack(&delivery).await?,
             Ok(Claim::NotFree) => {
                 span.in_scope(|| {
                     tracing::info!("the slot is no longer free; requeueing the request")
                 });
-                stopped?;
                 requeue(&delivery).await?;
             }
             Err(err) => {
@@ -150,9 +150,21 @@ impl Session<'_> {
         Ok(Some(Request { body, reply_to }))
     }
 
-    /// Steps 3 and 4 of DESIGN §3: write `used`, then reply; if the reply cannot be
+    /// Steps 2 to 4 of DESIGN §3: write `used`, reply, and stop consuming the pool queue
+    /// (consumer `pool`; `consuming` turns false once it is stopped); if the reply cannot be
     /// delivered, release the slot at once.
-    async fn claim(&mut self, request: &Request) -> Result<Claim, Trouble> {
+    ///
+    /// The consumer is cancelled right behind the reply rather than before the claim: the
+    /// broker handles a channel's frames in order, and a cancel costs it a pass over the
+    /// queue's consumers, so a reply queued behind it would wait that long. Stopping it later
+    /// is safe: prefetch 1 holds back any other request while this one is unacked, and the
+    /// request is settled only once the cancel is done.
+    async fn claim(
+        &mut self,
+        request: &Request,
+        pool: ShortString,
+        consuming: &mut bool,
+    ) -> Result<Claim, Trouble> {
         let body = &request.body;
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
@@ -205,12 +217,19 @@ impl Session<'_> {
                 properties,
             )
             .await?;
-        // The event goes out behind the reply, while the reply's confirm is on its way: the
-        // requester waits for the reply, nobody waits for the event.
-        self.events
-            .emit(EventKind::Assigned, Some(&body.owner))
-            .await;
-        let confirmation = confirm.await?;
+        // The cancel and the event go out behind the reply, while the reply's confirm is on
+        // its way: the requester waits for the reply, nobody waits for the event.
+        let replied = async {
+            self.events
+                .emit(EventKind::Assigned, Some(&body.owner))
+                .await;
+            confirm.await
+        };
+        let (stopped, confirmed) =
+            tokio::join!(cancel_consumer(self.channel.clone(), pool), replied);
+        stopped?;
+        *consuming = false;
+        let confirmation = confirmed?;
         let delivered = confirmation.is_ack() && confirmation.take_message().is_none();
         if !delivered {
             tracing::warn!(
@@ -238,7 +257,7 @@ impl Session<'_> {
     }
 }
 
-/// Cancels the consumer `tag` on `channel` (owned, so it may run alongside a claim).
+/// Cancels the consumer `tag` on `channel` (owned, so it may run alongside the reply).
 async fn cancel_consumer(channel: Channel, tag: ShortString) -> Result<(), lapin::Error> {
     channel
         .basic_cancel(tag, BasicCancelOptions::default())
