@@ -1,7 +1,8 @@
 //! The free state and the claim path (DESIGN §3 "Acquire"): consume the pool queue with
-//! prefetch 1; on a request, check its deadline, stop consuming, claim the slot by
-//! compare-and-swap, reply (mandatory, confirmed) and ack last. Whatever goes wrong before
-//! the ack, the request goes back to its queue for another worker.
+//! prefetch 1; on a request, check its deadline, claim the slot by compare-and-swap, reply
+//! (mandatory, confirmed), stop consuming (behind the reply, see [`Session::claim`]) and ack
+//! last. Whatever goes wrong before the ack, the request goes back to its queue for another
+//! worker.
 
 use chrono::Duration as ChronoDuration;
 use futures::StreamExt;
