@@ -1,14 +1,15 @@
 //! The free state and the claim path (DESIGN §3 "Acquire"): consume the pool queue with
-//! prefetch 1; on a request, check its deadline, stop consuming, claim the slot by
-//! compare-and-swap, reply (mandatory, confirmed) and ack last. Whatever goes wrong before
-//! the ack, the request goes back to its queue for another worker.
+//! prefetch 1; on a request, check its deadline, claim the slot by compare-and-swap, reply
+//! (mandatory, confirmed), stop consuming (behind the reply, see [`Session::claim`]) and ack
+//! last. Whatever goes wrong before the ack, the request goes back to its queue for another
+//! worker.
 
 use chrono::Duration as ChronoDuration;
 use futures::StreamExt;
-use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
+use lapin::{Channel, Consumer};
 use tracing::Instrument;
 
 use berth::lease;
@@ -42,7 +43,11 @@ impl Session<'_> {
     /// Consumes the pool queue until a request is claimed, shutdown, or trouble.
     pub(crate) async fn serve_free(&mut self) -> Result<Flow, Trouble> {
         let (names, pool_name) = (&self.slot.names, &self.slot.spec.pool);
-        berth::broker::declare_pool_queue(&self.channel, names, pool_name).await?;
+        // Once per channel: a declare is a broker round trip on every return to free.
+        if !self.pool_declared {
+            berth::broker::declare_pool_queue(&self.channel, names, pool_name).await?;
+            self.pool_declared = true;
+        }
         let mut pool = self
             .channel
             .basic_consume(
@@ -74,9 +79,7 @@ impl Session<'_> {
     }
 
     async fn stop_consuming(&self, pool: &Consumer) -> Result<(), lapin::Error> {
-        self.channel
-            .basic_cancel(pool.tag(), BasicCancelOptions::default())
-            .await
+        cancel_consumer(self.channel.clone(), pool.tag()).await
     }
 
     async fn on_request(
@@ -98,8 +101,17 @@ impl Session<'_> {
             }
         };
         let span = tracing::info_span!("claim", request_id = %request.body.request_id);
-        self.stop_consuming(pool).await?;
-        match self.claim(&request).instrument(span.clone()).await {
+        let mut consuming = true;
+        let claimed = self
+            .claim(&request, pool.tag(), &mut consuming)
+            .instrument(span.clone())
+            .await;
+        // Whatever happened, the consumer is stopped before the request is settled: with
+        // prefetch 1, nothing else is delivered while it is unacked.
+        if consuming && let Err(err) = self.stop_consuming(pool).await {
+            return Err(err.into());
+        }
+        match claimed {
             Ok(Claim::Answered) => ack(&delivery).await?,
             Ok(Claim::NotFree) => {
                 span.in_scope(|| {
@@ -139,9 +151,21 @@ impl Session<'_> {
         Ok(Some(Request { body, reply_to }))
     }
 
-    /// Steps 3 and 4 of DESIGN §3: write `used`, then reply; if the reply cannot be
+    /// Steps 2 to 4 of DESIGN §3: write `used`, reply, and stop consuming the pool queue
+    /// (consumer `pool`; `consuming` turns false once it is stopped); if the reply cannot be
     /// delivered, release the slot at once.
-    async fn claim(&mut self, request: &Request) -> Result<Claim, Trouble> {
+    ///
+    /// The consumer is cancelled right behind the reply rather than before the claim: the
+    /// broker handles a channel's frames in order, and a cancel costs it a pass over the
+    /// queue's consumers, so a reply queued behind it would wait that long. Stopping it later
+    /// is safe: prefetch 1 holds back any other request while this one is unacked, and the
+    /// request is settled only once the cancel is done.
+    async fn claim(
+        &mut self,
+        request: &Request,
+        pool: ShortString,
+        consuming: &mut bool,
+    ) -> Result<Claim, Trouble> {
         let body = &request.body;
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
@@ -168,9 +192,6 @@ impl Session<'_> {
             std::process::abort();
         }
         tracing::info!(owner = %body.owner, %lease_expires, "claimed");
-        self.events
-            .emit(EventKind::Assigned, Some(&body.owner))
-            .await;
 
         let reply = AssignReply {
             v: PROTOCOL_VERSION,
@@ -187,7 +208,7 @@ impl Session<'_> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = self
+        let confirm = self
             .channel
             .basic_publish(
                 "".into(),
@@ -196,8 +217,20 @@ impl Session<'_> {
                 &encode(&reply),
                 properties,
             )
-            .await?
             .await?;
+        // The cancel and the event go out behind the reply, while the reply's confirm is on
+        // its way: the requester waits for the reply, nobody waits for the event.
+        let replied = async {
+            self.events
+                .emit(EventKind::Assigned, Some(&body.owner))
+                .await;
+            confirm.await
+        };
+        let (stopped, confirmed) =
+            tokio::join!(cancel_consumer(self.channel.clone(), pool), replied);
+        stopped?;
+        *consuming = false;
+        let confirmation = confirmed?;
         let delivered = confirmation.is_ack() && confirmation.take_message().is_none();
         if !delivered {
             tracing::warn!(
@@ -223,6 +256,13 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// Cancels the consumer `tag` on `channel` (owned, so it may run alongside the reply).
+async fn cancel_consumer(channel: Channel, tag: ShortString) -> Result<(), lapin::Error> {
+    channel
+        .basic_cancel(tag, BasicCancelOptions::default())
+        .await
 }
 
 /// A lease length chrono can add to a date: at least one second, at most ten years.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use chrono::Utc;
 use lapin::Channel;
 use lapin::options::BasicPublishOptions;
+use tracing::Instrument;
 
 use berth::protocol::{Event, EventKind, Names, PROTOCOL_VERSION, encode};
 
@@ -35,8 +36,11 @@ impl Events {
         }
     }
 
-    /// Publishes `kind` and waits for the broker's confirm. The channel is in confirm mode,
-    /// and an unawaited confirm would be kept by lapin until the channel closes.
+    /// Publishes `kind` without waiting for the broker's confirm: events are notifications
+    /// and never hold up a transition (DESIGN §3), so the confirm is awaited by a task of its
+    /// own, which counts a refusal. Awaiting it here would put one broker round trip on every
+    /// transition (on the claim path, before the reply). The publish itself is still awaited,
+    /// so events leave in the order of the transitions, ahead of any reply that follows.
     pub(crate) async fn emit(&self, kind: EventKind, owner: Option<&str>) {
         let event = Event {
             v: PROTOCOL_VERSION,
@@ -46,33 +50,41 @@ impl Events {
             owner: owner.map(str::to_owned),
             at: Utc::now(),
         };
-        let published = async {
-            self.channel
-                .basic_publish(
-                    self.names.events_exchange().into(),
-                    event.routing_key().into(),
-                    BasicPublishOptions::default(),
-                    &encode(&event),
-                    berth::broker::json_properties(),
-                )
-                .await?
-                .await
+        let published = self
+            .channel
+            .basic_publish(
+                self.names.events_exchange().into(),
+                event.routing_key().into(),
+                BasicPublishOptions::default(),
+                &encode(&event),
+                berth::broker::json_properties(),
+            )
+            .await;
+        let confirm = match published {
+            Ok(confirm) => confirm,
+            Err(err) => return failed(kind, &err.to_string()),
         };
-        match published.await {
-            Ok(confirmation) if confirmation.is_ack() => {
-                tracing::debug!(event = kind.as_str(), "event published");
+        // The channel is in confirm mode: lapin keeps an unawaited confirm until the channel
+        // closes, so it is always awaited, here off the transition's path.
+        let settle = async move {
+            match confirm.await {
+                Ok(confirmation) if confirmation.is_ack() => {
+                    tracing::debug!(event = kind.as_str(), "event published");
+                }
+                Ok(_) => failed(kind, "the broker refused it"),
+                Err(err) => failed(kind, &err.to_string()),
             }
-            Ok(_) => self.failed(kind, "the broker refused it"),
-            Err(err) => self.failed(kind, &err.to_string()),
-        }
+        };
+        tokio::spawn(settle.in_current_span());
     }
+}
 
-    fn failed(&self, kind: EventKind, why: &str) {
-        PUBLISH_FAILURES.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            event = kind.as_str(),
-            error = why,
-            "could not publish an event"
-        );
-    }
+/// Counts and logs an event that could not be published.
+fn failed(kind: EventKind, why: &str) {
+    PUBLISH_FAILURES.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        event = kind.as_str(),
+        error = why,
+        "could not publish an event"
+    );
 }

@@ -87,6 +87,8 @@ pub(crate) struct Session<'a> {
     pub(crate) events: Events,
     /// The record as last read or written, with the ETag to write it back.
     pub(crate) view: SlotView,
+    /// Whether the pool queue has been declared on this session's channel.
+    pub(crate) pool_declared: bool,
 }
 
 /// Runs one slot worker until `slot.cancel` fires.
@@ -172,6 +174,7 @@ impl<'a> Session<'a> {
             control: lock.control,
             events,
             view,
+            pool_declared: false,
         };
         session.run(backoff).await
     }
