@@ -692,7 +692,7 @@ async fn check_cleaned(fake: &FakeLaunchpad, tally: &mut Tally) {
             let live = store.published_sources(&ppa, status).await.unwrap();
             if !live.is_empty() {
                 tally.violations.push(format!(
-                    "inv3: {ppa} is free but still holds {} {status} uploads",
+                    "inv3: {ppa} still holds {} {status} uploads after the clients stopped",
                     live.len()
                 ));
             }

@@ -16,7 +16,7 @@ use berth::lease;
 use berth::protocol::{AssignReply, AssignRequest, EventKind, PROTOCOL_VERSION, decode, encode};
 use berth::record::{SlotRecord, SlotState};
 
-use crate::slot::{Flow, Session, Trouble, ack, now, requeue};
+use crate::slot::{Flow, Session, Trouble, ack, broker, now, requeue};
 
 /// Whether the pool consumer is still running after a request was handled.
 enum Handled {
@@ -45,18 +45,21 @@ impl Session<'_> {
         let (names, pool_name) = (&self.slot.names, &self.slot.spec.pool);
         // Once per channel: a declare is a broker round trip on every return to free.
         if !self.pool_declared {
-            berth::broker::declare_pool_queue(&self.channel, names, pool_name).await?;
+            broker(berth::broker::declare_pool_queue(
+                &self.channel,
+                names,
+                pool_name,
+            ))
+            .await?;
             self.pool_declared = true;
         }
-        let mut pool = self
-            .channel
-            .basic_consume(
-                names.assign_queue(pool_name).into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut pool = broker(self.channel.basic_consume(
+            names.assign_queue(pool_name).into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
         tracing::info!("free; consuming the pool queue");
         let cancel = self.slot.cancel.clone();
         loop {
@@ -78,8 +81,8 @@ impl Session<'_> {
         }
     }
 
-    async fn stop_consuming(&self, pool: &Consumer) -> Result<(), lapin::Error> {
-        cancel_consumer(self.channel.clone(), pool.tag()).await
+    async fn stop_consuming(&self, pool: &Consumer) -> Result<(), Trouble> {
+        broker(cancel_consumer(self.channel.clone(), pool.tag())).await
     }
 
     async fn on_request(
@@ -109,7 +112,7 @@ impl Session<'_> {
         // Whatever happened, the consumer is stopped before the request is settled: with
         // prefetch 1, nothing else is delivered while it is unacked.
         if consuming && let Err(err) = self.stop_consuming(pool).await {
-            return Err(err.into());
+            return Err(err);
         }
         match claimed {
             Ok(Claim::Answered) => ack(&delivery).await?,
@@ -208,16 +211,14 @@ impl Session<'_> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                request.reply_to.clone(),
-                mandatory,
-                &encode(&reply),
-                properties,
-            )
-            .await?;
+        let confirm = broker(self.channel.basic_publish(
+            "".into(),
+            request.reply_to.clone(),
+            mandatory,
+            &encode(&reply),
+            properties,
+        ))
+        .await?;
         // The cancel and the event go out behind the reply, while the reply's confirm is on
         // its way: the requester waits for the reply, nobody waits for the event.
         let replied = async {
@@ -226,8 +227,10 @@ impl Session<'_> {
                 .await;
             confirm.await
         };
-        let (stopped, confirmed) =
-            tokio::join!(cancel_consumer(self.channel.clone(), pool), replied);
+        let (stopped, confirmed) = tokio::join!(
+            broker(cancel_consumer(self.channel.clone(), pool)),
+            broker(replied)
+        );
         stopped?;
         *consuming = false;
         let confirmation = confirmed?;

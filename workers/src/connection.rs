@@ -9,6 +9,8 @@ use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::slot::{BROKER_TIMEOUT, Trouble, broker};
+
 /// The most slot workers that share one connection: well below RabbitMQ's default
 /// `channel_max` (2047), leaving room for the channels a standby worker opens and closes
 /// while it retries the slot lock.
@@ -65,18 +67,22 @@ impl Connector {
     pub(crate) async fn channel(
         &self,
         cancel: &CancellationToken,
-    ) -> Option<Result<Channel, lapin::Error>> {
+    ) -> Option<Result<Channel, Trouble>> {
         let mut current = self.current.lock().await;
         if let Some(conn) = current.as_ref()
             && conn.status().connected()
         {
-            return Some(conn.create_channel().await);
+            match tokio::time::timeout(BROKER_TIMEOUT, conn.create_channel()).await {
+                Ok(channel) => return Some(channel.map_err(Trouble::from)),
+                // Connected by lapin's account but silent: a dead peer it has not noticed.
+                Err(_) => tracing::warn!("the broker did not open a channel in time"),
+            }
         }
         if current.take().is_some() {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
         let conn = berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?;
-        let channel = conn.create_channel().await;
+        let channel = broker(conn.create_channel()).await;
         *current = Some(conn);
         Some(channel)
     }

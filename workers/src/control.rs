@@ -18,7 +18,7 @@ use berth::protocol::{
 use berth::record::{SlotRecord, SlotState};
 
 use crate::expiry::lease_over;
-use crate::slot::{Session, Trouble, ack, now, requeue};
+use crate::slot::{Session, Trouble, ack, broker, now, requeue};
 
 /// What `token` may do with the slot whose record is `record`. A lease past its end plus
 /// `grace` by this worker's clock is over even while the record still says used (the expiry
@@ -41,8 +41,13 @@ impl Session<'_> {
             Ok(message) => message,
             Err(err) => {
                 let reason = err.to_string();
-                berth::broker::dead_letter(&self.channel, &self.slot.names, &delivery, &reason)
-                    .await?;
+                broker(berth::broker::dead_letter(
+                    &self.channel,
+                    &self.slot.names,
+                    &delivery,
+                    &reason,
+                ))
+                .await?;
                 return Ok(());
             }
         };
@@ -139,16 +144,15 @@ impl Session<'_> {
             .unwrap_or_else(|| request_id.to_string().into());
         let properties = berth::broker::json_properties().with_correlation_id(correlation);
         // Not mandatory: if the asker is gone there is nothing to undo, the lease stands.
-        self.channel
-            .basic_publish(
-                "".into(),
-                reply_to,
-                BasicPublishOptions::default(),
-                &encode(&reply),
-                properties,
-            )
-            .await?
-            .await?;
+        let confirm = broker(self.channel.basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &encode(&reply),
+            properties,
+        ))
+        .await?;
+        broker(confirm).await?;
         Ok(())
     }
 

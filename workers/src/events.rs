@@ -50,29 +50,29 @@ impl Events {
             owner: owner.map(str::to_owned),
             at: Utc::now(),
         };
-        let published = self
-            .channel
-            .basic_publish(
-                self.names.events_exchange().into(),
-                event.routing_key().into(),
-                BasicPublishOptions::default(),
-                &encode(&event),
-                berth::broker::json_properties(),
-            )
-            .await;
-        let confirm = match published {
-            Ok(confirm) => confirm,
-            Err(err) => return failed(kind, &err.to_string()),
+        let body = encode(&event);
+        let publish = self.channel.basic_publish(
+            self.names.events_exchange().into(),
+            event.routing_key().into(),
+            BasicPublishOptions::default(),
+            &body,
+            berth::broker::json_properties(),
+        );
+        let confirm = match tokio::time::timeout(crate::slot::BROKER_TIMEOUT, publish).await {
+            Ok(Ok(confirm)) => confirm,
+            Ok(Err(err)) => return failed(kind, &err.to_string()),
+            Err(_) => return failed(kind, "the broker did not take it in time"),
         };
         // The channel is in confirm mode: lapin keeps an unawaited confirm until the channel
         // closes, so it is always awaited, here off the transition's path.
         let settle = async move {
-            match confirm.await {
-                Ok(confirmation) if confirmation.is_ack() => {
+            match tokio::time::timeout(crate::slot::BROKER_TIMEOUT, confirm).await {
+                Ok(Ok(confirmation)) if confirmation.is_ack() => {
                     tracing::debug!(event = kind.as_str(), "event published");
                 }
-                Ok(_) => failed(kind, "the broker refused it"),
-                Err(err) => failed(kind, &err.to_string()),
+                Ok(Ok(_)) => failed(kind, "the broker refused it"),
+                Ok(Err(err)) => failed(kind, &err.to_string()),
+                Err(_) => failed(kind, "no confirm from the broker in time"),
             }
         };
         tokio::spawn(settle.in_current_span());

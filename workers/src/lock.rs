@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connector;
 use crate::options::WorkerOptions;
+use crate::slot::{Trouble, broker};
 use berth::protocol::Names;
 
 /// A held slot lock: the channel every message of this slot worker goes through (in
@@ -28,32 +29,29 @@ pub(crate) async fn acquire(
     slot: &str,
     options: &WorkerOptions,
     cancel: &CancellationToken,
-) -> Result<Option<Lock>, lapin::Error> {
+) -> Result<Option<Lock>, Trouble> {
     let mut standing_by = false;
     loop {
         let Some(channel) = connector.channel(cancel).await else {
             return Ok(None);
         };
         let channel = channel?;
-        berth::broker::declare_common(&channel, names).await?;
-        berth::broker::declare_slot_queue(&channel, names, slot).await?;
-        channel.basic_qos(1, BasicQosOptions::default()).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        broker(berth::broker::declare_common(&channel, names)).await?;
+        broker(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
+        broker(channel.basic_qos(1, BasicQosOptions::default())).await?;
+        broker(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         let consume = BasicConsumeOptions {
             exclusive: true,
             ..BasicConsumeOptions::default()
         };
-        match channel
-            .basic_consume(
-                names.slot_queue(slot).into(),
-                "".into(),
-                consume,
-                FieldTable::default(),
-            )
-            .await
-        {
+        let consumed = broker(channel.basic_consume(
+            names.slot_queue(slot).into(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        ))
+        .await;
+        match consumed {
             Ok(control) => {
                 tracing::info!("holding the slot lock");
                 return Ok(Some(Lock { channel, control }));
@@ -75,7 +73,10 @@ pub(crate) async fn acquire(
 }
 
 /// Whether an exclusive consume failed because another consumer holds the queue.
-fn is_taken(err: &lapin::Error) -> bool {
+fn is_taken(err: &Trouble) -> bool {
+    let Trouble::Broker(err) = err else {
+        return false;
+    };
     match err.kind() {
         ErrorKind::ProtocolError(amqp) => matches!(
             amqp.kind(),

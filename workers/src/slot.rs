@@ -47,11 +47,29 @@ pub(crate) enum Trouble {
     Store(#[from] StoreError),
     #[error("could not settle a message: its channel is gone")]
     Unsettled,
+    #[error("the broker did not answer within {0:?}; starting over on a fresh connection")]
+    Stalled(Duration),
+}
+
+/// The longest a slot worker waits for the broker on one operation (a publish, its confirm,
+/// an ack, a cancel). A connection that died without lapin noticing, or a broker that stopped
+/// answering, would otherwise hold the slot worker forever; past this the session ends and
+/// the worker starts over from the lock and the store record, as after any broker trouble.
+pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Awaits the broker operation `op`, at most [`BROKER_TIMEOUT`].
+pub(crate) async fn broker<T, E: Into<Trouble>>(
+    op: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Trouble> {
+    match tokio::time::timeout(BROKER_TIMEOUT, op).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(Trouble::Stalled(BROKER_TIMEOUT)),
+    }
 }
 
 /// Acks `delivery`; a channel that is gone is broker trouble (the broker requeues it).
 pub(crate) async fn ack(delivery: &Delivery) -> Result<(), Trouble> {
-    if delivery.ack(BasicAckOptions::default()).await? {
+    if broker(delivery.ack(BasicAckOptions::default())).await? {
         Ok(())
     } else {
         Err(Trouble::Unsettled)
@@ -64,7 +82,7 @@ pub(crate) async fn requeue(delivery: &Delivery) -> Result<(), Trouble> {
         requeue: true,
         ..BasicNackOptions::default()
     };
-    if delivery.nack(options).await? {
+    if broker(delivery.nack(options)).await? {
         Ok(())
     } else {
         Err(Trouble::Unsettled)
@@ -120,7 +138,8 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
         let result = Session::start(&slot, lock).await;
         if channel.status().connected() {
             // Closing the channel requeues anything unacked and frees the slot lock.
-            let _ = channel.close(200, "slot worker stopping".into()).await;
+            let closing = channel.close(200, "slot worker stopping".into());
+            let _ = tokio::time::timeout(BROKER_TIMEOUT, closing).await;
         }
         match result {
             Ok(()) => {
