@@ -303,3 +303,20 @@ impl<'a> Session<'a> {
 pub(crate) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(3)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (chaos run): a connection cut while a renew's reply awaited its confirm left
+    /// the confirm pending forever, and the slot worker with it; its slot stayed `used` long
+    /// past its lease. Every broker wait is now bounded.
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_wait_that_never_ends_is_cut_off() {
+        let never = std::future::pending::<Result<(), lapin::Error>>();
+        let started = tokio::time::Instant::now();
+        let result = broker(never).await;
+        assert!(matches!(result, Err(Trouble::Stalled(_))), "{result:?}");
+        assert_eq!(started.elapsed(), BROKER_TIMEOUT);
+    }
+}
