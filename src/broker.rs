@@ -173,3 +173,32 @@ pub async fn publish_event(channel: &Channel, names: &Names, event: &Event) -> b
         }
     }
 }
+
+/// Declares a server-named, exclusive, auto-delete queue and consumes it without acks: the
+/// private inbox of one connection (the assigner's reply queue). It dies with the connection,
+/// so nothing in it needs settling. Answers the queue's name and its consumer.
+pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer), lapin::Error> {
+    let private = || QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(ShortString::from(""), private(), FieldTable::default())
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    let consume = lapin::options::BasicConsumeOptions {
+        no_ack: true,
+        exclusive: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((name, consumer))
+}

@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::{Mutex, mpsc, watch};
@@ -259,32 +257,9 @@ async fn open_session(
         broker::declare_pool_queue(&publisher, &config.names, pool).await?;
     }
     let reply_channel = connection.create_channel().await?;
-    let queue = reply_channel
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let reply_queue = queue.name().as_str().to_owned();
     // No acks: a reply is acted on (handed out or released) as soon as it arrives, and if
     // this process dies the exclusive queue goes with it.
-    let replies = reply_channel
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (reply_queue, replies) = broker::private_queue(&reply_channel).await?;
     let session = Session {
         epoch,
         alive: AtomicBool::new(true),

@@ -89,33 +89,11 @@ impl Floor {
         // The HTTP side.
         let server = berth::broker::connect(amqp_url, "berth-bench-floor-server").await?;
         let channel = server.create_channel().await?;
-        let reply = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let replies = channel
-            .basic_consume(
-                reply.name().clone(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (reply, replies) = berth::broker::private_queue(&channel).await?;
         let state = Arc::new(Server {
             channel,
             queue: queue.clone(),
-            reply_queue: reply.name().as_str().to_owned(),
+            reply_queue: reply,
             next: AtomicU64::new(0),
             waiting: Mutex::new(HashMap::new()),
         });
