@@ -8,7 +8,7 @@ use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -74,36 +74,34 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
     Ok(())
 }
 
-/// Declares the assign queue of `pool`.
+/// Declares the assign queue of `pool`; the answer tells its depth and consumers.
 pub async fn declare_pool_queue(
     channel: &Channel,
     names: &Names,
     pool: &str,
-) -> Result<(), lapin::Error> {
+) -> Result<Queue, lapin::Error> {
     channel
         .queue_declare(
             names.assign_queue(pool).into(),
             durable(),
             FieldTable::default(),
         )
-        .await?;
-    Ok(())
+        .await
 }
 
-/// Declares the control queue of `slot`.
+/// Declares the control queue of `slot`; the answer tells its depth and consumers.
 pub async fn declare_slot_queue(
     channel: &Channel,
     names: &Names,
     slot: &str,
-) -> Result<(), lapin::Error> {
+) -> Result<Queue, lapin::Error> {
     channel
         .queue_declare(
             names.slot_queue(slot).into(),
             durable(),
             FieldTable::default(),
         )
-        .await?;
-    Ok(())
+        .await
 }
 
 /// Properties of a JSON message body.

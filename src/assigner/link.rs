@@ -62,6 +62,18 @@ impl Session {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), LinkError> {
+        self.send(queue, body, properties).await?.await
+    }
+
+    /// Publishes to queue `queue` (default exchange); the answer is the broker's confirm
+    /// still to come (`Err` if it refuses the message or the channel goes). Await it: an
+    /// unawaited confirm stays with the channel until it closes.
+    pub(crate) async fn send(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<impl Future<Output = Result<(), LinkError>> + Send + 'static, LinkError> {
         let confirm = self
             .publisher
             .basic_publish(
@@ -71,12 +83,13 @@ impl Session {
                 body,
                 properties,
             )
-            .await?
             .await?;
-        if confirm.is_nack() {
-            return Err(LinkError::Nacked);
-        }
-        Ok(())
+        Ok(async move {
+            if confirm.await?.is_nack() {
+                return Err(LinkError::Nacked);
+            }
+            Ok(())
+        })
     }
 
     /// Publishes a persistent `Release` of `slot` with `lease_token`, confirmed.

@@ -17,7 +17,7 @@ use super::api::{
 };
 use super::error::ApiError;
 use super::status::pool_counts;
-use crate::broker::{PERSISTENT, json_properties};
+use crate::broker::json_properties;
 use crate::lease::token_matches;
 use crate::protocol::{
     AssignReply, AssignRequest, Control, PROTOCOL_VERSION, RenewOutcome, RenewReply, encode,
@@ -115,13 +115,15 @@ async fn acquire_slot(
         lease_secs: request.lease_secs,
         deadline: chrono::Utc::now() + window,
     };
+    // Not persistent: a request lives only as long as its assigner's connection, which is
+    // also where its reply would come; after a broker restart the client hears `503` and
+    // asks again, and a request kept on disk would only claim a slot for nobody.
     let properties = json_properties()
-        .with_delivery_mode(PERSISTENT)
         .with_reply_to(session.reply_queue.as_str().into())
         .with_correlation_id(request_id.to_string().into())
         .with_expiration(window.as_millis().to_string().into());
-    session
-        .publish(
+    let confirm = session
+        .send(
             &app.names.assign_queue(&pool),
             &encode(&message),
             properties,
@@ -131,21 +133,40 @@ async fn acquire_slot(
             tracing::warn!(error = %err, "could not publish the assign request");
             ApiError::BrokerDown
         })?;
-    tokio::select! {
-        reply = ticket.reply() => {
-            let reply = reply.map_err(|_| ApiError::BrokerDown)?;
-            tracing::info!(slot = %reply.slot, owner = %request.owner, "slot assigned");
-            Ok(Acquired {
-                slot: reply.slot,
-                pool,
-                lease_token: reply.lease_token,
-                lease_expires: reply.lease_expires,
-                resource: reply.resource,
-            })
+    // The confirm and the reply are awaited together: a reply proves the broker had the
+    // request, so the client need not wait for the confirm as well.
+    let mut confirm = Box::pin(confirm);
+    let mut confirmed = false;
+    let outcome = loop {
+        tokio::select! {
+            reply = ticket.reply() => break reply.map_err(|_| ApiError::BrokerDown),
+            result = &mut confirm, if !confirmed => match result {
+                Ok(()) => confirmed = true,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the broker did not take the assign request");
+                    break Err(ApiError::BrokerDown);
+                }
+            },
+            _ = tokio::time::sleep_until(give_up) => {
+                break Err(ApiError::NoSlot { pool: pool.clone(), wait_secs: request.wait_secs });
+            }
+            _ = app.shutdown.cancelled() => break Err(ApiError::ShuttingDown),
         }
-        _ = tokio::time::sleep_until(give_up) => Err(ApiError::NoSlot { pool, wait_secs: request.wait_secs }),
-        _ = app.shutdown.cancelled() => Err(ApiError::ShuttingDown),
+    };
+    if !confirmed {
+        tokio::spawn(async move {
+            let _ = confirm.await;
+        });
     }
+    let reply = outcome?;
+    tracing::info!(slot = %reply.slot, owner = %request.owner, "slot assigned");
+    Ok(Acquired {
+        slot: reply.slot,
+        pool,
+        lease_token: reply.lease_token,
+        lease_expires: reply.lease_expires,
+        resource: reply.resource,
+    })
 }
 
 async fn renew(

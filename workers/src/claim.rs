@@ -1,15 +1,12 @@
-//! The free state and the claim path (DESIGN §3 "Acquire"): consume the pool queue with
-//! prefetch 1; on a request, check its deadline, claim the slot by compare-and-swap, reply
-//! (mandatory, confirmed), stop consuming (behind the reply, see [`Session::claim`]) and ack
-//! last. Whatever goes wrong before the ack, the request goes back to its queue for another
-//! worker.
+//! The free state and the claim path (DESIGN §3 "Acquire"): wait for a request from the
+//! process's pool feed ([`crate::feed`]); on a request, check its deadline, claim the slot by
+//! compare-and-swap, reply (mandatory, confirmed) and ack last. Whatever goes wrong before
+//! the ack, the request goes back to its queue for another worker.
 
 use chrono::Duration as ChronoDuration;
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{Channel, Consumer};
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
 use tracing::Instrument;
 
 use berth::lease;
@@ -17,12 +14,6 @@ use berth::protocol::{AssignReply, AssignRequest, EventKind, PROTOCOL_VERSION, d
 use berth::record::{SlotRecord, SlotState};
 
 use crate::slot::{Flow, Session, Trouble, ack, broker, now, requeue};
-
-/// Whether the pool consumer is still running after a request was handled.
-enum Handled {
-    StillConsuming,
-    StoppedConsuming,
-}
 
 /// How a claim ended, short of trouble.
 enum Claim {
@@ -40,81 +31,54 @@ struct Request {
 }
 
 impl Session<'_> {
-    /// Consumes the pool queue until a request is claimed, shutdown, or trouble.
+    /// Waits for requests from the pool feed until one is claimed, shutdown, or trouble.
     pub(crate) async fn serve_free(&mut self) -> Result<Flow, Trouble> {
-        let (names, pool_name) = (&self.slot.names, &self.slot.spec.pool);
-        // Once per channel: a declare is a broker round trip on every return to free.
-        if !self.pool_declared {
-            broker(berth::broker::declare_pool_queue(
-                &self.channel,
-                names,
-                pool_name,
-            ))
-            .await?;
-            self.pool_declared = true;
-        }
-        let mut pool = broker(self.channel.basic_consume(
-            names.assign_queue(pool_name).into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ))
-        .await?;
-        tracing::info!("free; consuming the pool queue");
+        tracing::debug!("free; waiting for an assign request");
         let cancel = self.slot.cancel.clone();
+        let feed = self.slot.feed.clone();
         loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    self.stop_consuming(&pool).await?;
-                    return Ok(Flow::Stop);
+            let mut offer = feed.offer();
+            let delivery = loop {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(Flow::Stop),
+                    delivery = self.next_control() => self.on_control(delivery?).await?,
+                    offered = &mut offer => match offered {
+                        Ok(offered) => break offered.take(),
+                        // The feed let go of us without a request: queue up again.
+                        Err(_) => offer = feed.offer(),
+                    },
                 }
-                delivery = self.next_control() => self.on_control(delivery?).await?,
-                delivery = pool.next() => {
-                    let delivery = delivery.ok_or(Trouble::ConsumerGone)??;
-                    match self.on_request(&pool, delivery).await? {
-                        Handled::StillConsuming => {}
-                        Handled::StoppedConsuming => return Ok(Flow::Continue),
-                    }
-                }
+            };
+            if self.on_request(delivery).await? {
+                return Ok(Flow::Continue);
             }
         }
     }
 
-    async fn stop_consuming(&self, pool: &Consumer) -> Result<(), Trouble> {
-        broker(cancel_consumer(self.channel.clone(), pool.tag())).await
-    }
-
-    async fn on_request(
-        &mut self,
-        pool: &Consumer,
-        delivery: Delivery,
-    ) -> Result<Handled, Trouble> {
+    /// Serves one request; `true` once it is settled by a claim attempt (the slot may no
+    /// longer be free), `false` if it was refused and the slot is still free.
+    async fn on_request(&mut self, delivery: Delivery) -> Result<bool, Trouble> {
         let request = match self.check_request(&delivery) {
             Ok(Some(request)) => request,
             Ok(None) => {
                 tracing::info!("assign request past its deadline; dropped");
                 ack(&delivery).await?;
-                return Ok(Handled::StillConsuming);
+                return Ok(false);
             }
             Err(reason) => {
-                berth::broker::dead_letter(&self.channel, &self.slot.names, &delivery, &reason)
-                    .await?;
-                return Ok(Handled::StillConsuming);
+                broker(berth::broker::dead_letter(
+                    &self.channel,
+                    &self.slot.names,
+                    &delivery,
+                    &reason,
+                ))
+                .await?;
+                return Ok(false);
             }
         };
         let span = tracing::info_span!("claim", request_id = %request.body.request_id);
-        let mut consuming = true;
-        let claimed = self
-            .claim(&request, pool.tag(), &mut consuming)
-            .instrument(span.clone())
-            .await;
-        // Whatever happened, the consumer is stopped before the request is settled: with
-        // prefetch 1, nothing else is delivered while it is unacked.
-        if consuming && let Err(err) = self.stop_consuming(pool).await {
-            return Err(err);
-        }
-        match claimed {
+        match self.claim(&request).instrument(span.clone()).await {
             Ok(Claim::Answered) => ack(&delivery).await?,
             Ok(Claim::NotFree) => {
                 span.in_scope(|| {
@@ -130,7 +94,7 @@ impl Session<'_> {
                 return Err(err);
             }
         }
-        Ok(Handled::StoppedConsuming)
+        Ok(true)
     }
 
     /// The request; `None` if its deadline has passed; `Err` with the reason to refuse it for
@@ -154,21 +118,10 @@ impl Session<'_> {
         Ok(Some(Request { body, reply_to }))
     }
 
-    /// Steps 2 to 4 of DESIGN §3: write `used`, reply, and stop consuming the pool queue
-    /// (consumer `pool`; `consuming` turns false once it is stopped); if the reply cannot be
-    /// delivered, release the slot at once.
-    ///
-    /// The consumer is cancelled right behind the reply rather than before the claim: the
-    /// broker handles a channel's frames in order, and a cancel costs it a pass over the
-    /// queue's consumers, so a reply queued behind it would wait that long. Stopping it later
-    /// is safe: prefetch 1 holds back any other request while this one is unacked, and the
-    /// request is settled only once the cancel is done.
-    async fn claim(
-        &mut self,
-        request: &Request,
-        pool: ShortString,
-        consuming: &mut bool,
-    ) -> Result<Claim, Trouble> {
+    /// Steps 3 and 4 of DESIGN §3: write `used` and reply; if the reply cannot be
+    /// delivered, release the slot at once. (Step 2, no longer taking requests, is the
+    /// feed's: this worker stopped waiting on it when the request arrived.)
+    async fn claim(&mut self, request: &Request) -> Result<Claim, Trouble> {
         let body = &request.body;
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
@@ -219,21 +172,12 @@ impl Session<'_> {
             properties,
         ))
         .await?;
-        // The cancel and the event go out behind the reply, while the reply's confirm is on
-        // its way: the requester waits for the reply, nobody waits for the event.
-        let replied = async {
-            self.events
-                .emit(EventKind::Assigned, Some(&body.owner))
-                .await;
-            confirm.await
-        };
-        let (stopped, confirmed) = tokio::join!(
-            broker(cancel_consumer(self.channel.clone(), pool)),
-            broker(replied)
-        );
-        stopped?;
-        *consuming = false;
-        let confirmation = confirmed?;
+        // The event goes out behind the reply, while the reply's confirm is on its way: the
+        // requester waits for the reply, nobody waits for the event.
+        self.events
+            .emit(EventKind::Assigned, Some(&body.owner))
+            .await;
+        let confirmation = broker(confirm).await?;
         let delivered = confirmation.is_ack() && confirmation.take_message().is_none();
         if !delivered {
             tracing::warn!(
@@ -259,13 +203,6 @@ impl Session<'_> {
         }
         Ok(())
     }
-}
-
-/// Cancels the consumer `tag` on `channel` (owned, so it may run alongside the reply).
-async fn cancel_consumer(channel: Channel, tag: ShortString) -> Result<(), lapin::Error> {
-    channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
 }
 
 /// A lease length chrono can add to a date: at least one second, at most ten years.

@@ -51,7 +51,7 @@ pub(crate) fn connectors(url: &str, name: &str, slots: usize) -> Vec<Arc<Connect
 pub(crate) struct Connector {
     url: String,
     name: String,
-    current: Mutex<Option<Connection>>,
+    current: Mutex<Option<Arc<Connection>>>,
 }
 
 impl Connector {
@@ -68,23 +68,45 @@ impl Connector {
         &self,
         cancel: &CancellationToken,
     ) -> Option<Result<Channel, Trouble>> {
-        let mut current = self.current.lock().await;
-        if let Some(conn) = current.as_ref()
-            && conn.status().connected()
-        {
+        // The lock is not held while a channel opens, so a thousand slot workers starting
+        // together open theirs side by side rather than one broker round trip at a time.
+        let live = self.live().await;
+        if let Some(conn) = &live {
             match tokio::time::timeout(BROKER_TIMEOUT, conn.create_channel()).await {
                 Ok(channel) => return Some(channel.map_err(Trouble::from)),
                 // Connected by lapin's account but silent: a dead peer it has not noticed.
                 Err(_) => tracing::warn!("the broker did not open a channel in time"),
             }
         }
+        let mut current = self.current.lock().await;
+        if let Some(conn) = current.as_ref()
+            && conn.status().connected()
+            && !live
+                .as_ref()
+                .is_some_and(|failed| Arc::ptr_eq(failed, conn))
+        {
+            // Another slot worker reconnected meanwhile.
+            let conn = conn.clone();
+            drop(current);
+            return Some(broker(conn.create_channel()).await);
+        }
         if current.take().is_some() {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
-        let conn = berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?;
-        let channel = broker(conn.create_channel()).await;
-        *current = Some(conn);
-        Some(channel)
+        let conn =
+            Arc::new(berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?);
+        *current = Some(conn.clone());
+        drop(current);
+        Some(broker(conn.create_channel()).await)
+    }
+
+    /// The current connection, if lapin still counts it as connected.
+    async fn live(&self) -> Option<Arc<Connection>> {
+        let current = self.current.lock().await;
+        current
+            .as_ref()
+            .filter(|conn| conn.status().connected())
+            .cloned()
     }
 
     /// Closes the connection, if any, once every slot worker is done with it.

@@ -16,6 +16,7 @@ mod control;
 mod events;
 mod expiry;
 pub mod fake;
+mod feed;
 mod lock;
 mod options;
 mod process;

@@ -1,8 +1,8 @@
 //! A worker process: any number of slot workers as independent tasks over its broker
-//! connections (one per [`crate::connection::MAX_CHANNELS_PER_CONNECTION`] slots), stopped
-//! together by one cancellation token.
+//! connections (one per [`crate::connection::MAX_CHANNELS_PER_CONNECTION`] slots), one pool
+//! feed per pool ([`crate::feed`]), all stopped together by one cancellation token.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -13,6 +13,7 @@ use berth::config::Config;
 use berth::store::SlotStore;
 
 use crate::connection;
+use crate::feed::Feed;
 use crate::options::{SlotSpec, WorkerOptions};
 use crate::slot::{self, Slot};
 
@@ -48,13 +49,39 @@ pub async fn run_slots(
         connection::connectors(&config.amqp_url, &options.connection_name, slots.len());
     let count = slots.len();
     let options = Arc::new(options);
+    let names = config.names();
+    // One feed per pool, on the connection of the pool's first slot worker.
+    let mut feeds: HashMap<String, Arc<Feed>> = HashMap::new();
+    for (index, spec) in slots.iter().enumerate() {
+        let shard = connection::shard_of(index, count, connection::MAX_CHANNELS_PER_CONNECTION);
+        feeds.entry(spec.pool.clone()).or_insert_with(|| {
+            Arc::new(Feed::new(
+                &spec.pool,
+                names.clone(),
+                connectors[shard].clone(),
+            ))
+        });
+    }
+    // The feeds stop consuming with `cancel`, and close their channels only once every slot
+    // worker is done (`closing`): a slot worker settles its request through them.
+    let closing = CancellationToken::new();
+    let feed_tasks = TaskTracker::new();
+    for (pool, feed) in &feeds {
+        let span = tracing::info_span!("feed", pool = %pool);
+        let run = feed
+            .clone()
+            .run(options.clone(), cancel.clone(), closing.clone());
+        feed_tasks.spawn(run.instrument(span));
+    }
+    feed_tasks.close();
     let tracker = TaskTracker::new();
     for (index, spec) in slots.into_iter().enumerate() {
         let shard = connection::shard_of(index, count, connection::MAX_CHANNELS_PER_CONNECTION);
         let span = tracing::info_span!("slot", pool = %spec.pool, slot = %spec.slot);
         let slot = Slot {
+            feed: feeds[&spec.pool].clone(),
             spec,
-            names: config.names(),
+            names: names.clone(),
             store: store.clone(),
             options: options.clone(),
             cancel: cancel.clone(),
@@ -63,6 +90,8 @@ pub async fn run_slots(
     }
     tracker.close();
     tracker.wait().await;
+    closing.cancel();
+    feed_tasks.wait().await;
     for connector in &connectors {
         connector.close().await;
     }

@@ -23,6 +23,7 @@ use berth::store::{SlotStore, StoreError};
 
 use crate::connection::Connector;
 use crate::events::Events;
+use crate::feed::Feed;
 use crate::lock;
 use crate::options::{SlotSpec, WorkerOptions};
 
@@ -32,6 +33,8 @@ pub(crate) struct Slot {
     pub(crate) names: Names,
     pub(crate) store: Arc<dyn SlotStore>,
     pub(crate) options: Arc<WorkerOptions>,
+    /// Where this slot worker waits for assign requests while its slot is free.
+    pub(crate) feed: Arc<Feed>,
     pub(crate) cancel: CancellationToken,
 }
 
@@ -105,8 +108,6 @@ pub(crate) struct Session<'a> {
     pub(crate) events: Events,
     /// The record as last read or written, with the ETag to write it back.
     pub(crate) view: SlotView,
-    /// Whether the pool queue has been declared on this session's channel.
-    pub(crate) pool_declared: bool,
 }
 
 /// Runs one slot worker until `slot.cancel` fires.
@@ -193,7 +194,6 @@ impl<'a> Session<'a> {
             control: lock.control,
             events,
             view,
-            pool_declared: false,
         };
         session.run(backoff).await
     }
@@ -246,8 +246,9 @@ impl<'a> Session<'a> {
             };
             match write_slot(&*self.slot.store, &self.view, &record).await {
                 Ok(view) => {
+                    // Each transition also has a line of its own, at info, saying why.
                     if view.record.state != self.view.record.state {
-                        tracing::info!(from = %self.view.record.state, to = %view.record.state, "slot state changed");
+                        tracing::debug!(from = %self.view.record.state, to = %view.record.state, "slot state changed");
                     }
                     self.view = view;
                     return Ok(true);

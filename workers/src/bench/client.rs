@@ -1,14 +1,14 @@
 //! The bench's side of the HTTP API and of the broker: acquire and release through the
-//! assigner, release straight to a slot's control queue (fake workers), wait for consumers.
+//! assigner, release straight to a slot's control queue (fake workers), wait for the workers.
 
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Connection};
 use serde::Deserialize;
 use serde_json::json;
 
+use berth::broker::{declare_pool_queue, declare_slot_queue};
 use berth::protocol::{Control, Names, PROTOCOL_VERSION, encode};
 
 /// A slot held by the bench.
@@ -87,45 +87,63 @@ pub(crate) async fn release_direct(
     }
 }
 
-/// Consumers of `queue` right now (a passive declare on a fresh channel: a missing queue
-/// closes the channel, and counts as none).
-pub(crate) async fn consumers(connection: &Connection, queue: &str) -> Result<u32, lapin::Error> {
-    let channel = connection.create_channel().await?;
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let count = match channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-    {
-        Ok(queue) => queue.consumer_count(),
-        Err(_) => 0,
-    };
-    if channel.status().connected() {
-        let _ = channel.close(200, "done".into()).await;
-    }
-    Ok(count)
-}
-
-/// Waits until `queue` has `want` consumers (every slot of a pool free and consuming);
-/// answers how long that took. Fails after `deadline` with the last count seen.
-pub(crate) async fn wait_consumers(
+/// Waits until the workers of `pool` are up: every slot holds its lock (its control queue
+/// has its consumer) and the pool queue has a consumer (a worker process's feed, there
+/// while any slot of the process is free). Answers how long that took; fails after
+/// `deadline` with what is missing. Slots seen up are not asked again.
+pub(crate) async fn wait_workers(
     connection: &Connection,
-    queue: &str,
-    want: u32,
+    names: &Names,
+    pool: &str,
+    slots: &[String],
     deadline: Duration,
 ) -> anyhow::Result<Duration> {
+    const CHANNELS: usize = 8;
     let started = Instant::now();
-    let mut seen = 0;
+    let mut missing: Vec<String> = slots.to_vec();
+    let mut pool_up = false;
     while started.elapsed() < deadline {
-        seen = consumers(connection, queue).await?;
-        if seen >= want {
+        let checks = (0..CHANNELS).map(|k| {
+            let missing = &missing;
+            async move {
+                let channel = connection.create_channel().await?;
+                let mut still = Vec::new();
+                for slot in missing.iter().skip(k).step_by(CHANNELS) {
+                    // Declared as the worker declares it: a passive declare of a queue not
+                    // there yet would close the channel.
+                    let queue = declare_slot_queue(&channel, names, slot).await?;
+                    if queue.consumer_count() == 0 {
+                        still.push(slot.clone());
+                    }
+                }
+                let _ = channel.close(200, "done".into()).await;
+                Ok::<_, lapin::Error>(still)
+            }
+        });
+        let mut still = Vec::new();
+        for part in futures::future::join_all(checks).await {
+            still.extend(part?);
+        }
+        missing = still;
+        if !pool_up {
+            let channel = connection.create_channel().await?;
+            pool_up = declare_pool_queue(&channel, names, pool)
+                .await?
+                .consumer_count()
+                > 0;
+            let _ = channel.close(200, "done".into()).await;
+        }
+        if missing.is_empty() && pool_up {
             return Ok(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    anyhow::bail!("{queue}: {seen} of {want} consumers after {deadline:?}")
+    anyhow::bail!(
+        "pool {pool} not up after {deadline:?}: {} of {} slots without their lock, pool queue {}",
+        missing.len(),
+        slots.len(),
+        if pool_up { "consumed" } else { "not consumed" }
+    )
 }
 
 /// Waits until `GET {base}/readyz` answers 200; answers how long that took.

@@ -9,6 +9,7 @@
 //! lives in a fresh namespace whose queues are deleted at the end.
 
 mod client;
+mod cpu;
 mod cycles;
 mod floor;
 mod measure;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lapin::Connection;
 
+pub use cpu::CpuShare;
 pub use cycles::CycleResult;
 pub use measure::{LoopResult, Summary};
 pub use report::{AssignerFigures, Phase, Ratios, Report, Scale, Setup, Target};
@@ -109,9 +111,13 @@ async fn measure_all(
     };
     let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
     let url = format!("http://{}/floor", floor.addr);
+    let one_client = floor_loop(&http, &url, 1, options.phase).await;
+    let meter = cpu::CpuMeter::start(&[]);
+    let sixteen_clients = floor_loop(&http, &url, 16, options.phase).await;
     let floor_phase = Phase {
-        one_client: floor_loop(&http, &url, 1, options.phase).await,
-        sixteen_clients: floor_loop(&http, &url, 16, options.phase).await,
+        sixteen_clients_cpu: meter.per_op(sixteen_clients.latency.count),
+        one_client,
+        sixteen_clients,
     };
     floor.stop().await;
 
@@ -120,14 +126,8 @@ async fn measure_all(
     client::wait_ready(&http, &stack.base, stack::START_DEADLINE).await?;
     let mut workers = stack.ppa_workers()?;
     let log = stack.log("workers-ppa");
-    for (pool, n) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
-        let waited = client::wait_consumers(
-            connection,
-            &names.assign_queue(pool),
-            n as u32,
-            stack::START_DEADLINE,
-        )
-        .await;
+    for pool in [stack::SMALL, stack::LARGE] {
+        let waited = wait_pool(connection, stack, pool, stack::START_DEADLINE).await;
         workers.check_alive("berth-worker", &log)?;
         waited?;
     }
@@ -135,22 +135,20 @@ async fn measure_all(
     let idle_rss = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
 
     eprintln!("berth-bench: acquire latency");
+    let one_client = acquire_loop(stack, &http, 1, options.phase).await?;
+    wait_pool(connection, stack, stack::SMALL, Duration::from_secs(60)).await?;
+    let meter = cpu::CpuMeter::start(&[("assigner", assigner.pid()), ("workers", workers.pid())]);
+    let sixteen_clients = acquire_loop(stack, &http, 16, options.phase).await?;
     let stack_phase = Phase {
-        one_client: acquire_loop(connection, stack, &http, pools.small, 1, options.phase).await?,
-        sixteen_clients: acquire_loop(connection, stack, &http, pools.small, 16, options.phase)
-            .await?,
+        sixteen_clients_cpu: meter.per_op(sixteen_clients.latency.count),
+        one_client,
+        sixteen_clients,
     };
 
     let mut cycle_runs = Vec::new();
     for (pool, slots) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
         eprintln!("berth-bench: full cycles, {slots} slots");
-        client::wait_consumers(
-            connection,
-            &names.assign_queue(pool),
-            slots as u32,
-            Duration::from_secs(60),
-        )
-        .await?;
+        wait_pool(connection, stack, pool, Duration::from_secs(60)).await?;
         cycle_runs.push(
             cycles::run(
                 connection,
@@ -164,13 +162,7 @@ async fn measure_all(
             .await?,
         );
     }
-    client::wait_consumers(
-        connection,
-        &names.assign_queue(stack::SMALL),
-        pools.small as u32,
-        Duration::from_secs(60),
-    )
-    .await?;
+    wait_pool(connection, stack, stack::SMALL, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss_after_load = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
 
@@ -271,15 +263,11 @@ async fn floor_loop(
 
 /// Acquire (timed) then release (through the assigner) on the small pool, back to back.
 async fn acquire_loop(
-    connection: &Connection,
     stack: &Stack,
     http: &reqwest::Client,
-    slots: usize,
     clients: usize,
     phase: Duration,
 ) -> anyhow::Result<LoopResult> {
-    let queue = stack.config.names().assign_queue(stack::SMALL);
-    client::wait_consumers(connection, &queue, slots as u32, Duration::from_secs(60)).await?;
     let (http, base) = (http.clone(), stack.base.clone());
     Ok(measure::closed_loop(clients, phase, move |_| {
         let (http, base) = (http.clone(), base.clone());
@@ -292,6 +280,25 @@ async fn acquire_loop(
         }
     })
     .await)
+}
+
+/// Waits until the workers of `pool` are up (see [`client::wait_workers`]), then a moment
+/// more for slots released by an earlier phase to be cleaned (deletions are instant here).
+async fn wait_pool(
+    connection: &Connection,
+    stack: &Stack,
+    pool: &str,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let slots = stack
+        .config
+        .pool(pool)
+        .map(|p| p.slots.clone())
+        .unwrap_or_default();
+    let names = stack.config.names();
+    client::wait_workers(connection, &names, pool, &slots, deadline).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
 }
 
 /// Deletes every queue and the exchange of the run's namespace (best effort), on a few

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::cpu::CpuShare;
 use super::cycles::CycleResult;
 use super::measure::LoopResult;
 use super::scale::ScaleRun;
@@ -42,6 +43,8 @@ pub struct Setup {
 pub struct Phase {
     pub one_client: LoopResult,
     pub sixteen_clients: LoopResult,
+    /// CPU per operation of each process over the 16-client loop.
+    pub sixteen_clients_cpu: Vec<CpuShare>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,6 +202,19 @@ impl Report {
                 &mut out,
                 &format!("fake, {} slots, acquire", scale.large.slots),
                 &scale.large.acquire,
+            );
+        }
+        for (name, phase) in [("floor", &self.floor), ("acquire+release", &self.stack)] {
+            let shares: Vec<String> = phase
+                .sixteen_clients_cpu
+                .iter()
+                .map(|c| format!("{} {:.3}", c.process, c.ms_per_op))
+                .collect();
+            let total: f64 = phase.sixteen_clients_cpu.iter().map(|c| c.ms_per_op).sum();
+            let _ = writeln!(
+                out,
+                "CPU ms per op, {name}, 16 clients: {total:.3} ({})",
+                shares.join(", ")
             );
         }
         for c in &self.cycles {

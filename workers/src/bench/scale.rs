@@ -1,5 +1,5 @@
 //! Slot scale: one `berth-worker --fake` process hosting many slots. How long until every
-//! slot consumes its pool queue, how much memory the process holds, and acquire latency
+//! slot worker is up, how much memory the process holds, and acquire latency
 //! next to the same measure on a small pool.
 
 use std::sync::Arc;
@@ -17,7 +17,8 @@ use super::stack::{Proc, Stack, rss_mib};
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRun {
     pub slots: usize,
-    /// From spawning the process until the pool queue has a consumer per slot.
+    /// From spawning the process until every slot holds its lock and the pool queue is
+    /// consumed.
     pub all_consuming_ms: f64,
     pub rss_mib: f64,
     pub peak_rss_mib: f64,
@@ -25,8 +26,8 @@ pub struct ScaleRun {
     pub acquire: LoopResult,
 }
 
-/// Starts a fake worker process for `pool` (of `slots` slots), waits for every slot to
-/// consume, measures acquire latency at `clients` clients for `duration`, and stops it.
+/// Starts a fake worker process for `pool` (of `slots` slots), waits for every slot
+/// worker to be up, measures acquire latency at `clients` clients for `duration`, and stops it.
 pub(crate) async fn run(
     stack: &Stack,
     connection: &Connection,
@@ -38,10 +39,16 @@ pub(crate) async fn run(
 ) -> anyhow::Result<ScaleRun> {
     let names = stack.config.names();
     let mut workers: Proc = stack.fake_workers(pool)?;
-    let waited = client::wait_consumers(
+    let slot_names = stack
+        .config
+        .pool(pool)
+        .map(|p| p.slots.clone())
+        .unwrap_or_default();
+    let waited = client::wait_workers(
         connection,
-        &names.assign_queue(pool),
-        slots as u32,
+        &names,
+        pool,
+        &slot_names,
         Duration::from_secs(300),
     )
     .await;

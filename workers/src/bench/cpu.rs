@@ -1,0 +1,108 @@
+//! Where the CPU goes: user plus system time of each process of the stack over a phase,
+//! per operation, read from Linux `/proc/<pid>/stat`. Coarse (clock ticks of 10 ms) but,
+//! over a phase of seconds, enough to tell which process a gap comes from.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux x86-64).
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU milliseconds one process spent per operation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuShare {
+    pub process: String,
+    pub ms_per_op: f64,
+}
+
+/// Processes to watch, by name, and their CPU ticks when the meter started.
+pub(crate) struct CpuMeter {
+    start: BTreeMap<String, u64>,
+    pids: Vec<(String, u32)>,
+}
+
+impl CpuMeter {
+    /// Starts watching `pids`, this process (`bench` and what runs in it) and every
+    /// RabbitMQ node of this machine (`broker`).
+    pub(crate) fn start(pids: &[(&str, u32)]) -> CpuMeter {
+        let mut all: Vec<(String, u32)> = pids.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect();
+        all.push(("bench (+fake Launchpad)".to_owned(), std::process::id()));
+        all.extend(broker_pids().into_iter().map(|p| ("broker".to_owned(), p)));
+        let start = ticks(&all);
+        CpuMeter { start, pids: all }
+    }
+
+    /// CPU per operation of each watched process since the start, for `ops` operations.
+    pub(crate) fn per_op(&self, ops: usize) -> Vec<CpuShare> {
+        let now = ticks(&self.pids);
+        let ops = ops.max(1) as f64;
+        now.into_iter()
+            .map(|(process, t)| {
+                let spent = t.saturating_sub(self.start.get(&process).copied().unwrap_or(0));
+                CpuShare {
+                    process,
+                    ms_per_op: spent as f64 / TICKS_PER_SEC * 1000.0 / ops,
+                }
+            })
+            .collect()
+    }
+}
+
+/// User plus system ticks of each named group of processes.
+fn ticks(pids: &[(String, u32)]) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    for (name, pid) in pids {
+        *sums.entry(name.clone()).or_insert(0) += process_ticks(*pid).unwrap_or(0);
+    }
+    sums
+}
+
+/// utime + stime of `pid` (all its threads).
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields count from after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5), i.e. 12 and 13 after pid, comm and state are skipped.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The Erlang VMs on this machine (RabbitMQ's `beam.smp`).
+fn broker_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_measured() {
+        let meter = CpuMeter::start(&[]);
+        // Burn a little CPU so at least one tick passes.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(60) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let shares = meter.per_op(1);
+        let bench = shares
+            .iter()
+            .find(|s| s.process.starts_with("bench"))
+            .expect("this process");
+        assert!(bench.ms_per_op >= 10.0, "{shares:?}");
+    }
+}

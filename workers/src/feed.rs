@@ -1,0 +1,279 @@
+//! The pool feed: one consumer of a pool's queue per worker process, shared by the
+//! process's slot workers of that pool (DESIGN §3 "Acquire", steps 1–2).
+//!
+//! A free slot worker does not consume the pool queue itself: it queues up here
+//! ([`Feed::offer`]) and waits. The feed consumes while at least one slot worker waits, with
+//! a prefetch of as many as wait, and hands each request to the one that started waiting last
+//! ([`Feed::hand_over`]).
+//! That slot worker claims, replies and settles the request exactly as if it had consumed it
+//! (the ack goes through the feed's channel). When nobody waits any more the feed stops
+//! consuming; a request the broker had already sent on its way goes back to the queue for
+//! another process.
+//!
+//! With one slot per process this is the design's picture (consume while free, prefetch 1).
+//! With many slots per process the broker sees one consumer instead of one per free slot,
+//! so a claim costs no consumer cancel and re-consume — with thousands of consumers on one
+//! queue, each of those costs the broker a pass over all of them.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use berth::backoff::Backoff;
+use berth::protocol::Names;
+
+use crate::connection::Connector;
+use crate::options::WorkerOptions;
+use crate::slot::{Trouble, broker, pause, requeue};
+
+/// The feed of one pool in one worker process.
+pub(crate) struct Feed {
+    pool: String,
+    names: Names,
+    connector: Arc<Connector>,
+    /// Free slot workers waiting for a request, in the order they started waiting. A slot
+    /// worker that stops waiting drops its receiver; its sender is skipped from then on.
+    waiting: Mutex<VecDeque<oneshot::Sender<Offered>>>,
+    /// Rung when a slot worker starts waiting.
+    arrived: Notify,
+}
+
+/// A request handed to a slot worker. Until the slot worker takes the delivery out
+/// ([`Offered::take`]) the feed answers for it: dropped unread (the slot worker stopped
+/// waiting just as it arrived), it goes back to its queue.
+pub(crate) struct Offered(Option<Delivery>);
+
+impl Offered {
+    /// The delivery, from now on settled by the caller.
+    pub(crate) fn take(mut self) -> Delivery {
+        self.0.take().expect("an offered delivery is taken once")
+    }
+}
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        if let Some(delivery) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = delivery.nack(options).await;
+            });
+        }
+    }
+}
+
+/// How a round of consuming ended.
+enum Round {
+    /// Nobody waits any more, or more wait than the prefetch serves: decide again.
+    Again,
+    /// Shutdown: the consumer is stopped.
+    Stop,
+}
+
+impl Feed {
+    pub(crate) fn new(pool: &str, names: Names, connector: Arc<Connector>) -> Self {
+        Feed {
+            pool: pool.to_owned(),
+            names,
+            connector,
+            waiting: Mutex::new(VecDeque::new()),
+            arrived: Notify::new(),
+        }
+    }
+
+    /// Queues a free slot worker up for the next request. Dropping the receiver withdraws.
+    pub(crate) fn offer(&self) -> oneshot::Receiver<Offered> {
+        let (sender, receiver) = oneshot::channel();
+        self.lock().push_back(sender);
+        self.arrived.notify_one();
+        receiver
+    }
+
+    /// How many slot workers wait.
+    fn takers(&self) -> usize {
+        let mut waiting = self.lock();
+        waiting.retain(|sender| !sender.is_closed());
+        waiting.len()
+    }
+
+    /// Hands `delivery` to the slot worker that started waiting last; gives it back if none
+    /// waits (`Some`). Last in, first out, as connection pools do: the slot used most
+    /// recently has its channel and its memory warm, while one idle for long is slow to wake
+    /// (the broker hibernates idle channel processes). Which free slot a request gets is
+    /// otherwise all the same.
+    fn hand_over(&self, delivery: Delivery) -> Option<Delivery> {
+        let mut delivery = delivery;
+        let mut waiting = self.lock();
+        while let Some(sender) = waiting.pop_back() {
+            match sender.send(Offered(Some(delivery))) {
+                Ok(()) => return None,
+                Err(mut refused) => delivery = refused.0.take().expect("just offered"),
+            }
+        }
+        Some(delivery)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<oneshot::Sender<Offered>>> {
+        // A panic while holding this lock leaves the queue consistent (a push or a pop).
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Consumes the pool queue whenever a slot worker waits, until `cancel` fires; then stops
+    /// consuming but keeps the channel open until `closing` fires, so the slot workers can
+    /// still settle the requests they hold.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        options: Arc<WorkerOptions>,
+        cancel: CancellationToken,
+        closing: CancellationToken,
+    ) {
+        let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+        let mut channel: Option<Channel> = None;
+        // Whether `channel` has consumed before (the first time is logged at info).
+        let mut channel_used = false;
+        loop {
+            if !self.wait_for_takers(&cancel).await {
+                break;
+            }
+            let open = match channel.take() {
+                Some(open) if open.status().connected() => open,
+                _ => match self.open_channel(&cancel).await {
+                    Some(Ok(open)) => {
+                        channel_used = false;
+                        open
+                    }
+                    Some(Err(err)) => {
+                        tracing::warn!(error = %err, "cannot open a channel for the pool queue");
+                        if !pause(&cancel, backoff.next_delay()).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    None => break,
+                },
+            };
+            let first = !channel_used;
+            channel_used = true;
+            match self.consume(&open, first, &cancel).await {
+                Ok(Round::Again) => {
+                    backoff.reset();
+                    channel = Some(open);
+                }
+                Ok(Round::Stop) => {
+                    channel = Some(open);
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "lost the pool queue; consuming again");
+                    if !pause(&cancel, backoff.next_delay()).await {
+                        break;
+                    }
+                }
+            }
+        }
+        closing.cancelled().await;
+        drop(channel);
+    }
+
+    /// Waits until a slot worker waits; `false` when `cancel` fires first.
+    async fn wait_for_takers(&self, cancel: &CancellationToken) -> bool {
+        loop {
+            if self.takers() > 0 {
+                return true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = self.arrived.notified() => {}
+            }
+        }
+    }
+
+    async fn open_channel(&self, cancel: &CancellationToken) -> Option<Result<Channel, Trouble>> {
+        let channel = match self.connector.channel(cancel).await? {
+            Ok(channel) => channel,
+            Err(err) => return Some(Err(err)),
+        };
+        let declared = broker(berth::broker::declare_pool_queue(
+            &channel,
+            &self.names,
+            &self.pool,
+        ))
+        .await;
+        Some(declared.map(|_| channel))
+    }
+
+    /// One round: consume with a prefetch of as many as wait now, hand requests over while
+    /// anybody waits, and stop consuming when nobody does (or when twice as many wait as
+    /// the prefetch serves: the next round serves them all).
+    async fn consume(
+        &self,
+        channel: &Channel,
+        first: bool,
+        cancel: &CancellationToken,
+    ) -> Result<Round, Trouble> {
+        let prefetch = self.takers().clamp(1, usize::from(u16::MAX));
+        broker(channel.basic_qos(prefetch as u16, BasicQosOptions::default())).await?;
+        let mut consumer = broker(channel.basic_consume(
+            self.names.assign_queue(&self.pool).into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ))
+        .await?;
+        if first {
+            tracing::info!(prefetch, "consuming the pool queue");
+        } else {
+            tracing::debug!(prefetch, "consuming the pool queue");
+        }
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    self.stop(channel, consumer).await?;
+                    return Ok(Round::Stop);
+                }
+                delivery = consumer.next() => {
+                    let delivery = delivery.ok_or(Trouble::ConsumerGone)??;
+                    if let Some(delivery) = self.hand_over(delivery) {
+                        requeue(&delivery).await?;
+                    }
+                    if self.takers() == 0 {
+                        self.stop(channel, consumer).await?;
+                        return Ok(Round::Again);
+                    }
+                }
+                _ = self.arrived.notified() => {
+                    if self.takers() >= 2 * prefetch {
+                        self.stop(channel, consumer).await?;
+                        return Ok(Round::Again);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cancels `consumer` and settles what the broker sent before the cancel took effect:
+    /// handed over if somebody waits, back to the queue if not.
+    async fn stop(&self, channel: &Channel, mut consumer: Consumer) -> Result<(), Trouble> {
+        broker(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await?;
+        // After the cancel-ok the stream yields what it still holds, then ends.
+        while let Some(delivery) = broker(async { Ok::<_, Trouble>(consumer.next().await) }).await?
+        {
+            if let Some(delivery) = self.hand_over(delivery?) {
+                requeue(&delivery).await?;
+            }
+        }
+        Ok(())
+    }
+}
