@@ -8,6 +8,7 @@ use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio_util::sync::CancellationToken;
 
@@ -17,10 +18,22 @@ use crate::protocol::{Event, Names, REASON_HEADER, encode};
 /// Delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
 
+/// The largest AMQP frame berth asks for, unless the URL sets `frame_max`. berth's messages
+/// are a few hundred bytes, and lapin keeps 32 frames of buffer each way per connection: at
+/// RabbitMQ's default of 128 KiB that is 8 MiB of memory per connection, at 16 KiB 1 MiB.
+pub const FRAME_MAX: u32 = 16 * 1024;
+
 /// Opens one connection named `name` (shown in the management UI).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
-    Connection::connect(url, props).await
+    match url.parse::<AMQPUri>() {
+        Ok(mut uri) => {
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            Connection::connect_uri(uri, props).await
+        }
+        // lapin says what is wrong with it.
+        Err(_) => Connection::connect(url, props).await,
+    }
 }
 
 /// Connects, retrying with backoff until it works or `cancel` fires (then `None`).

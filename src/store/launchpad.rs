@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, instrument};
 
 use super::collection::{Page, PageLinks};
-use super::oauth::{Credentials, CredentialsError, percent_encode};
+use super::oauth::{Credentials, CredentialsError, Signer, percent_encode};
 use super::{Archive, SlotStore, SourcePublication, StoreError};
 use crate::config::StoreConfig;
 
@@ -36,7 +36,8 @@ pub struct LaunchpadStore {
     /// `api_root` + `api_version` + `/`, e.g. `http://127.0.0.1:8081/devel/`.
     root: Url,
     owner: String,
-    credentials: Option<Credentials>,
+    /// Signs requests; `None` without credentials (reads only).
+    signer: Option<Signer>,
     timeout: Duration,
 }
 
@@ -86,7 +87,7 @@ impl LaunchpadStore {
             http,
             root,
             owner: owner.to_owned(),
-            credentials,
+            signer: credentials.as_ref().map(Credentials::signer),
             timeout,
         })
     }
@@ -110,7 +111,7 @@ impl LaunchpadStore {
 
     /// Whether this client has credentials, and so may write.
     pub fn can_write(&self) -> bool {
-        self.credentials.is_some()
+        self.signer.is_some()
     }
 
     /// `ROOT/~OWNER/+archive/ubuntu/NAME`.
@@ -133,7 +134,7 @@ impl LaunchpadStore {
 
     /// Writes need credentials; say so before sending anything.
     fn require_credentials(&self) -> Result<(), StoreError> {
-        match self.credentials {
+        match self.signer {
             Some(_) => Ok(()),
             None => Err(StoreError::Rejected {
                 status: 401,
@@ -148,10 +149,10 @@ impl LaunchpadStore {
     /// header and body, or the [`StoreError`] its status or failure maps to.
     async fn execute(&self, method: Method, url: &Url, request: RequestBuilder) -> Reply {
         let what = format!("{method} {}", url.path());
-        let request = match &self.credentials {
-            Some(credentials) => {
+        let request = match &self.signer {
+            Some(signer) => {
                 // Cannot fail: every field is percent-encoded, so the value is visible ASCII.
-                let mut value = HeaderValue::try_from(credentials.authorization_header())
+                let mut value = HeaderValue::try_from(signer.header())
                     .expect("an OAuth header is visible ASCII");
                 value.set_sensitive(true);
                 request.header(AUTHORIZATION, value)

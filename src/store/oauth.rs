@@ -138,18 +138,16 @@ impl Credentials {
 
     /// A fresh `Authorization` header value: new timestamp and nonce on every call.
     pub fn authorization_header(&self) -> String {
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let nonce: u64 = rand::rng().random();
-        self.header_at(timestamp, &nonce.to_string())
+        self.signer().header()
     }
 
-    /// The header for a given timestamp and nonce. The signature is
-    /// `percent(consumer_secret)&percent(token_secret)`, percent-encoded once more as a
-    /// header value (RFC 5849 §3.4.4, §3.5.1); the realm is a plain quoted string.
-    fn header_at(&self, timestamp: u64, nonce: &str) -> String {
+    /// What signs requests with these credentials; the parts of the header that never
+    /// change are built once, here.
+    ///
+    /// The signature is `percent(consumer_secret)&percent(token_secret)`, percent-encoded
+    /// once more as a header value (RFC 5849 §3.4.4, §3.5.1); the realm is a plain quoted
+    /// string.
+    pub fn signer(&self) -> Signer {
         let signature = format!(
             "{}&{}",
             percent_encode(&self.consumer_secret),
@@ -160,12 +158,45 @@ impl Credentials {
             ("oauth_token", self.token.as_str()),
             ("oauth_signature_method", "PLAINTEXT"),
             ("oauth_signature", signature.as_str()),
-            ("oauth_timestamp", &timestamp.to_string()),
-            ("oauth_nonce", nonce),
-            ("oauth_version", "1.0"),
         ]
         .map(|(name, value)| format!("{name}=\"{}\"", percent_encode(value)));
-        format!("OAuth realm=\"{REALM}\", {}", fields.join(", "))
+        Signer {
+            prefix: format!("OAuth realm=\"{REALM}\", {}", fields.join(", ")),
+        }
+    }
+}
+
+/// Signs requests: [`Signer::header`] is the `Authorization` header value of one request.
+/// Holds the secrets (PLAINTEXT sends them), so its `Debug` shows none of it.
+#[derive(Clone)]
+pub struct Signer {
+    /// Everything up to the timestamp: realm, consumer key, token, method, signature.
+    prefix: String,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Signer(<redacted>)")
+    }
+}
+
+impl Signer {
+    /// A fresh header value: new timestamp and nonce on every call.
+    pub fn header(&self) -> String {
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let nonce: u64 = rand::rng().random();
+        self.header_at(timestamp, &nonce.to_string())
+    }
+
+    /// The header for a given timestamp and nonce (both digits: nothing to encode).
+    fn header_at(&self, timestamp: u64, nonce: &str) -> String {
+        format!(
+            "{}, oauth_timestamp=\"{timestamp}\", oauth_nonce=\"{nonce}\", oauth_version=\"1.0\"",
+            self.prefix
+        )
     }
 }
 
@@ -226,7 +257,7 @@ mod tests {
 
     #[test]
     fn header_matches_launchpadlib() {
-        let header = credentials("").header_at(1_700_000_000, "42");
+        let header = credentials("").signer().header_at(1_700_000_000, "42");
         assert_eq!(
             header,
             "OAuth realm=\"https://api.launchpad.net/\", oauth_consumer_key=\"berth\", \
@@ -234,7 +265,7 @@ mod tests {
              oauth_signature=\"%26S%2526cr%2520t\", oauth_timestamp=\"1700000000\", \
              oauth_nonce=\"42\", oauth_version=\"1.0\""
         );
-        let with_secret = credentials("c s").header_at(1, "n");
+        let with_secret = credentials("c s").signer().header_at(1, "n");
         assert!(
             with_secret.contains("oauth_signature=\"c%2520s%26S%2526cr%2520t\""),
             "{with_secret}"

@@ -4,6 +4,7 @@
 //! the ack, the request goes back to its queue for another worker.
 
 use chrono::Duration as ChronoDuration;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
@@ -38,7 +39,7 @@ impl Session<'_> {
         let feed = self.slot.feed.clone();
         loop {
             let mut offer = feed.offer();
-            let delivery = loop {
+            let (delivery, via) = loop {
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(Flow::Stop),
@@ -50,7 +51,7 @@ impl Session<'_> {
                     },
                 }
             };
-            if self.on_request(delivery).await? {
+            if self.on_request(delivery, &via).await? {
                 return Ok(Flow::Continue);
             }
         }
@@ -58,7 +59,8 @@ impl Session<'_> {
 
     /// Serves one request; `true` once it is settled by a claim attempt (the slot may no
     /// longer be free), `false` if it was refused and the slot is still free.
-    async fn on_request(&mut self, delivery: Delivery) -> Result<bool, Trouble> {
+    /// The reply goes out on `via`, the feed's channel the request came on.
+    async fn on_request(&mut self, delivery: Delivery, via: &Channel) -> Result<bool, Trouble> {
         let request = match self.check_request(&delivery) {
             Ok(Some(request)) => request,
             Ok(None) => {
@@ -78,7 +80,7 @@ impl Session<'_> {
             }
         };
         let span = tracing::info_span!("claim", request_id = %request.body.request_id);
-        match self.claim(&request).instrument(span.clone()).await {
+        match self.claim(&request, via).instrument(span.clone()).await {
             Ok(Claim::Answered) => ack(&delivery).await?,
             Ok(Claim::NotFree) => {
                 span.in_scope(|| {
@@ -121,7 +123,7 @@ impl Session<'_> {
     /// Steps 3 and 4 of DESIGN §3: write `used` and reply; if the reply cannot be
     /// delivered, release the slot at once. (Step 2, no longer taking requests, is the
     /// feed's: this worker stopped waiting on it when the request arrived.)
-    async fn claim(&mut self, request: &Request) -> Result<Claim, Trouble> {
+    async fn claim(&mut self, request: &Request, via: &Channel) -> Result<Claim, Trouble> {
         let body = &request.body;
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
@@ -164,7 +166,7 @@ impl Session<'_> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirm = broker(self.channel.basic_publish(
+        let confirm = broker(via.basic_publish(
             "".into(),
             request.reply_to.clone(),
             mandatory,

@@ -20,7 +20,10 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::sync::{Notify, oneshot};
@@ -45,21 +48,30 @@ pub(crate) struct Feed {
     arrived: Notify,
 }
 
-/// A request handed to a slot worker. Until the slot worker takes the delivery out
-/// ([`Offered::take`]) the feed answers for it: dropped unread (the slot worker stopped
-/// waiting just as it arrived), it goes back to its queue.
-pub(crate) struct Offered(Option<Delivery>);
+/// A request handed to a slot worker, with the feed's channel it came on. Until the slot
+/// worker takes them out ([`Offered::take`]) the feed answers for the request: dropped
+/// unread (the slot worker stopped waiting just as it arrived), it goes back to its queue.
+pub(crate) struct Offered {
+    delivery: Option<Delivery>,
+    channel: Channel,
+}
 
 impl Offered {
-    /// The delivery, from now on settled by the caller.
-    pub(crate) fn take(mut self) -> Delivery {
-        self.0.take().expect("an offered delivery is taken once")
+    /// The delivery, from now on settled by the caller, and the channel it came on (in
+    /// confirm mode): the reply goes out there, through the connection that brought the
+    /// request, rather than through the slot worker's own, which may be another one.
+    pub(crate) fn take(mut self) -> (Delivery, Channel) {
+        let delivery = self
+            .delivery
+            .take()
+            .expect("an offered delivery is taken once");
+        (delivery, self.channel.clone())
     }
 }
 
 impl Drop for Offered {
     fn drop(&mut self) {
-        if let Some(delivery) = self.0.take()
+        if let Some(delivery) = self.delivery.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
             runtime.spawn(async move {
@@ -112,13 +124,17 @@ impl Feed {
     /// recently has its channel and its memory warm, while one idle for long is slow to wake
     /// (the broker hibernates idle channel processes). Which free slot a request gets is
     /// otherwise all the same.
-    fn hand_over(&self, delivery: Delivery) -> Option<Delivery> {
+    fn hand_over(&self, channel: &Channel, delivery: Delivery) -> Option<Delivery> {
         let mut delivery = delivery;
         let mut waiting = self.lock();
         while let Some(sender) = waiting.pop_back() {
-            match sender.send(Offered(Some(delivery))) {
+            let offered = Offered {
+                delivery: Some(delivery),
+                channel: channel.clone(),
+            };
+            match sender.send(offered) {
                 Ok(()) => return None,
-                Err(mut refused) => delivery = refused.0.take().expect("just offered"),
+                Err(mut refused) => delivery = refused.delivery.take().expect("just offered"),
             }
         }
         Some(delivery)
@@ -204,13 +220,16 @@ impl Feed {
             Ok(channel) => channel,
             Err(err) => return Some(Err(err)),
         };
-        let declared = broker(berth::broker::declare_pool_queue(
-            &channel,
-            &self.names,
-            &self.pool,
-        ))
-        .await;
-        Some(declared.map(|_| channel))
+        let ready = async {
+            broker(berth::broker::declare_pool_queue(
+                &channel,
+                &self.names,
+                &self.pool,
+            ))
+            .await?;
+            broker(channel.confirm_select(ConfirmSelectOptions::default())).await
+        };
+        Some(ready.await.map(|()| channel))
     }
 
     /// One round: consume with a prefetch of as many as wait now, hand requests over while
@@ -245,7 +264,7 @@ impl Feed {
                 }
                 delivery = consumer.next() => {
                     let delivery = delivery.ok_or(Trouble::ConsumerGone)??;
-                    if let Some(delivery) = self.hand_over(delivery) {
+                    if let Some(delivery) = self.hand_over(channel, delivery) {
                         requeue(&delivery).await?;
                     }
                     if self.takers() == 0 {
@@ -270,7 +289,7 @@ impl Feed {
         // After the cancel-ok the stream yields what it still holds, then ends.
         while let Some(delivery) = broker(async { Ok::<_, Trouble>(consumer.next().await) }).await?
         {
-            if let Some(delivery) = self.hand_over(delivery?) {
+            if let Some(delivery) = self.hand_over(channel, delivery?) {
                 requeue(&delivery).await?;
             }
         }

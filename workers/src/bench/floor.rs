@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use berth::store::Credentials;
+use berth::store::oauth::Signer;
 
 /// How long the floor's HTTP handler waits for its reply.
 const REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -31,7 +31,8 @@ pub(crate) struct Target {
     pub(crate) archives_url: String,
     /// The PPAs written in turn (none of them a slot of the stack).
     pub(crate) ppas: Vec<String>,
-    pub(crate) credentials: Credentials,
+    /// Signs the PATCH as the workers' store client does.
+    pub(crate) signer: Signer,
 }
 
 /// A running floor: its HTTP address, stopped by [`Floor::stop`].
@@ -214,7 +215,7 @@ async fn consume(
             let patched = http
                 .patch(url)
                 .header("accept", "application/json")
-                .header("authorization", target.credentials.authorization_header())
+                .header("authorization", target.signer.header())
                 .json(&serde_json::json!({"description": format!("floor {turn}")}))
                 .send()
                 .await;

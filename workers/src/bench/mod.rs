@@ -100,14 +100,15 @@ async fn measure_all(
         ppas: (1..=stack::FLOOR_PPAS)
             .map(|i| format!("ppa-{}", pools.ppa_slots() + i))
             .collect(),
-        credentials: berth::store::Credentials::from_file(
+        signer: berth::store::Credentials::from_file(
             stack
                 .config
                 .store
                 .credentials_file
                 .as_deref()
                 .context("no credentials file")?,
-        )?,
+        )?
+        .signer(),
     };
     let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
     let url = format!("http://{}/floor", floor.addr);
