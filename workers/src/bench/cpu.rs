@@ -16,34 +16,50 @@ pub struct CpuShare {
     pub ms_per_op: f64,
 }
 
-/// Processes to watch, by name, and their CPU ticks when the meter started.
+/// Processes to watch, by name, and the CPU ticks they spent while the meter ran. It may
+/// run in several stretches ([`CpuMeter::resume`], [`CpuMeter::pause`]).
 pub(crate) struct CpuMeter {
-    start: BTreeMap<String, u64>,
     pids: Vec<(String, u32)>,
+    spent: BTreeMap<String, u64>,
+    since: Option<BTreeMap<String, u64>>,
 }
 
 impl CpuMeter {
-    /// Starts watching `pids`, this process (`bench` and what runs in it) and every
+    /// A paused meter of `pids`, this process (`bench` and what runs in it) and every
     /// RabbitMQ node of this machine (`broker`).
-    pub(crate) fn start(pids: &[(&str, u32)]) -> CpuMeter {
+    pub(crate) fn new(pids: &[(&str, u32)]) -> CpuMeter {
         let mut all: Vec<(String, u32)> = pids.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect();
         all.push(("bench (+fake Launchpad)".to_owned(), std::process::id()));
         all.extend(broker_pids().into_iter().map(|p| ("broker".to_owned(), p)));
-        let start = ticks(&all);
-        CpuMeter { start, pids: all }
+        CpuMeter {
+            pids: all,
+            spent: BTreeMap::new(),
+            since: None,
+        }
     }
 
-    /// CPU per operation of each watched process since the start, for `ops` operations.
-    pub(crate) fn per_op(&self, ops: usize) -> Vec<CpuShare> {
-        let now = ticks(&self.pids);
+    pub(crate) fn resume(&mut self) {
+        self.since = Some(ticks(&self.pids));
+    }
+
+    pub(crate) fn pause(&mut self) {
+        if let Some(since) = self.since.take() {
+            for (process, t) in ticks(&self.pids) {
+                let before = since.get(&process).copied().unwrap_or(0);
+                *self.spent.entry(process).or_insert(0) += t.saturating_sub(before);
+            }
+        }
+    }
+
+    /// CPU per operation of each watched process while the meter ran, for `ops` operations.
+    pub(crate) fn per_op(&mut self, ops: usize) -> Vec<CpuShare> {
+        self.pause();
         let ops = ops.max(1) as f64;
-        now.into_iter()
-            .map(|(process, t)| {
-                let spent = t.saturating_sub(self.start.get(&process).copied().unwrap_or(0));
-                CpuShare {
-                    process,
-                    ms_per_op: spent as f64 / TICKS_PER_SEC * 1000.0 / ops,
-                }
+        self.spent
+            .iter()
+            .map(|(process, &t)| CpuShare {
+                process: process.clone(),
+                ms_per_op: t as f64 / TICKS_PER_SEC * 1000.0 / ops,
             })
             .collect()
     }
@@ -90,7 +106,8 @@ mod tests {
 
     #[test]
     fn this_process_is_measured() {
-        let meter = CpuMeter::start(&[]);
+        let mut meter = CpuMeter::new(&[]);
+        meter.resume();
         // Burn a little CPU so at least one tick passes.
         let started = std::time::Instant::now();
         let mut x = 0u64;

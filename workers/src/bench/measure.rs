@@ -54,9 +54,45 @@ pub struct LoopResult {
     pub first_error: Option<String>,
 }
 
+/// The raw outcome of one closed loop, to be merged with others ([`LoopResult::of`]).
+pub(crate) struct Run {
+    samples: Vec<Duration>,
+    errors: Vec<String>,
+    elapsed: Duration,
+}
+
+impl LoopResult {
+    /// The summary of `runs` (slices of one phase) of `clients` clients.
+    pub(crate) fn of(clients: usize, runs: Vec<Run>) -> LoopResult {
+        let elapsed: Duration = runs.iter().map(|r| r.elapsed).sum();
+        let mut samples = Vec::new();
+        let mut errors = Vec::new();
+        for run in runs {
+            samples.extend(run.samples);
+            errors.extend(run.errors);
+        }
+        LoopResult {
+            clients,
+            per_sec: samples.len() as f64 / elapsed.as_secs_f64().max(f64::EPSILON),
+            latency: Summary::of(samples),
+            errors: errors.len(),
+            first_error: errors.into_iter().next(),
+        }
+    }
+}
+
+/// Runs `op(client)` back to back on `clients` tasks for `duration` and summarises it.
+pub(crate) async fn closed_loop<F, Fut>(clients: usize, duration: Duration, op: F) -> LoopResult
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Duration, String>> + Send,
+{
+    LoopResult::of(clients, vec![closed_loop_run(clients, duration, op).await])
+}
+
 /// Runs `op(client)` back to back on `clients` tasks for `duration` (an operation in flight
 /// at the end is finished and counted). `op` answers the latency to record.
-pub(crate) async fn closed_loop<F, Fut>(clients: usize, duration: Duration, op: F) -> LoopResult
+pub(crate) async fn closed_loop_run<F, Fut>(clients: usize, duration: Duration, op: F) -> Run
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Duration, String>> + Send,
@@ -95,13 +131,10 @@ where
             Err(err) => errors.push(format!("client task failed: {err}")),
         }
     }
-    let elapsed = started.elapsed();
-    LoopResult {
-        clients,
-        per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
-        latency: Summary::of(samples),
-        errors: errors.len(),
-        first_error: errors.into_iter().next(),
+    Run {
+        samples,
+        errors,
+        elapsed: started.elapsed(),
     }
 }
 

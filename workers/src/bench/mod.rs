@@ -29,6 +29,7 @@ pub use measure::{LoopResult, Summary};
 pub use report::{AssignerFigures, Phase, Ratios, Report, Scale, Setup, Target};
 pub use scale::ScaleRun;
 
+use cpu::CpuMeter;
 use stack::{Pools, Stack, rss_mib};
 
 /// What to run, and how long.
@@ -88,8 +89,8 @@ async fn measure_all(
     let http = reqwest::Client::new();
     let names = stack.config.names();
 
-    // The floor first, alone on the machine.
-    eprintln!("berth-bench: floor");
+    // The floor and the stack run side by side; their latency phases take turns.
+    eprintln!("berth-bench: starting the floor");
     let floor_queue = format!("{namespace}.floor");
     let target = floor::Target {
         archives_url: format!(
@@ -112,16 +113,6 @@ async fn measure_all(
     };
     let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
     let url = format!("http://{}/floor", floor.addr);
-    let one_client = floor_loop(&http, &url, 1, options.phase).await;
-    let meter = cpu::CpuMeter::start(&[]);
-    let sixteen_clients = floor_loop(&http, &url, 16, options.phase).await;
-    let floor_phase = Phase {
-        sixteen_clients_cpu: meter.per_op(sixteen_clients.latency.count),
-        one_client,
-        sixteen_clients,
-    };
-    floor.stop().await;
-
     eprintln!("berth-bench: starting the assigner and the PPA workers");
     let mut assigner = stack.assigner()?;
     client::wait_ready(&http, &stack.base, stack::START_DEADLINE).await?;
@@ -135,16 +126,11 @@ async fn measure_all(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_mib(assigner.pid()).map(|r| r.0).unwrap_or(f64::NAN);
 
-    eprintln!("berth-bench: acquire latency");
-    let one_client = acquire_loop(stack, &http, 1, options.phase).await?;
+    eprintln!("berth-bench: acquire latency, taking turns with the floor");
     wait_pool(connection, stack, stack::SMALL, Duration::from_secs(60)).await?;
-    let meter = cpu::CpuMeter::start(&[("assigner", assigner.pid()), ("workers", workers.pid())]);
-    let sixteen_clients = acquire_loop(stack, &http, 16, options.phase).await?;
-    let stack_phase = Phase {
-        sixteen_clients_cpu: meter.per_op(sixteen_clients.latency.count),
-        one_client,
-        sixteen_clients,
-    };
+    let pids = [("assigner", assigner.pid()), ("workers", workers.pid())];
+    let (floor_phase, stack_phase) = latency_phases(&http, &url, stack, &pids, options.phase).await;
+    floor.stop().await;
 
     let mut cycle_runs = Vec::new();
     for (pool, slots) in [(stack::SMALL, pools.small), (stack::LARGE, pools.large)] {
@@ -248,14 +234,66 @@ async fn measure_all(
     Ok(report)
 }
 
-async fn floor_loop(
+/// How many turns the floor and the stack take in each latency phase.
+const TURNS: u32 = 5;
+
+/// The latency phases, 1 client then 16, of the floor and of the stack, taking turns in
+/// [`TURNS`] slices each so that both see the same machine: on a shared host its speed
+/// drifts within minutes, and figures taken minutes apart would carry the drift into their
+/// ratios. CPU is metered over the 16-client slices, per process (`stack_pids` and the
+/// broker for the stack, the bench and the broker for the floor).
+async fn latency_phases(
+    http: &reqwest::Client,
+    floor_url: &str,
+    stack: &Stack,
+    stack_pids: &[(&str, u32)],
+    phase: Duration,
+) -> (Phase, Phase) {
+    let slice = phase / TURNS;
+    let mut phases = Vec::new();
+    for clients in [1, 16] {
+        let (mut floor_cpu, mut stack_cpu) = (CpuMeter::new(&[]), CpuMeter::new(stack_pids));
+        let (mut floor_runs, mut stack_runs) = (Vec::new(), Vec::new());
+        for _ in 0..TURNS {
+            floor_cpu.resume();
+            floor_runs.push(floor_run(http, floor_url, clients, slice).await);
+            floor_cpu.pause();
+            stack_cpu.resume();
+            stack_runs.push(acquire_run(stack, http, clients, slice).await);
+            stack_cpu.pause();
+        }
+        let floor = LoopResult::of(clients, floor_runs);
+        let stack = LoopResult::of(clients, stack_runs);
+        let cpu = (
+            floor_cpu.per_op(floor.latency.count),
+            stack_cpu.per_op(stack.latency.count),
+        );
+        phases.push((floor, stack, cpu));
+    }
+    let (floor_16, stack_16, (floor_cpu, stack_cpu)) = phases.pop().expect("16 clients");
+    let (floor_1, stack_1, _) = phases.pop().expect("1 client");
+    (
+        Phase {
+            one_client: floor_1,
+            sixteen_clients: floor_16,
+            sixteen_clients_cpu: floor_cpu,
+        },
+        Phase {
+            one_client: stack_1,
+            sixteen_clients: stack_16,
+            sixteen_clients_cpu: stack_cpu,
+        },
+    )
+}
+
+async fn floor_run(
     http: &reqwest::Client,
     url: &str,
     clients: usize,
-    phase: Duration,
-) -> LoopResult {
+    duration: Duration,
+) -> measure::Run {
     let (http, url) = (http.clone(), url.to_owned());
-    measure::closed_loop(clients, phase, move |_| {
+    measure::closed_loop_run(clients, duration, move |_| {
         let (http, url) = (http.clone(), url.clone());
         async move { floor::call(&http, &url).await }
     })
@@ -263,14 +301,14 @@ async fn floor_loop(
 }
 
 /// Acquire (timed) then release (through the assigner) on the small pool, back to back.
-async fn acquire_loop(
+async fn acquire_run(
     stack: &Stack,
     http: &reqwest::Client,
     clients: usize,
-    phase: Duration,
-) -> anyhow::Result<LoopResult> {
+    duration: Duration,
+) -> measure::Run {
     let (http, base) = (http.clone(), stack.base.clone());
-    Ok(measure::closed_loop(clients, phase, move |_| {
+    measure::closed_loop_run(clients, duration, move |_| {
         let (http, base) = (http.clone(), base.clone());
         async move {
             let started = Instant::now();
@@ -280,7 +318,7 @@ async fn acquire_loop(
             Ok(latency)
         }
     })
-    .await)
+    .await
 }
 
 /// Waits until the workers of `pool` are up (see [`client::wait_workers`]), then a moment
