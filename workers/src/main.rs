@@ -8,8 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-
 use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
 use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
 use berth_worker::fake::FakeStore;
@@ -99,13 +97,5 @@ async fn stop_on_signal(cancel: CancellationToken) {
 /// every second): keep those quiet unless `RUST_LOG` says otherwise. What matters reaches
 /// the worker as an error and is logged by it.
 fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,lapin=error,lapin::channel=off,amq_protocol=warn")
-    });
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+    berth::telemetry::init_with("info,lapin=error,lapin::channel=off,amq_protocol=warn");
 }
