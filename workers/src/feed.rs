@@ -112,11 +112,27 @@ impl Feed {
         receiver
     }
 
-    /// How many slot workers wait.
+    /// How many slot workers wait (a pass over the queue, dropping those that left).
     fn takers(&self) -> usize {
         let mut waiting = self.lock();
         waiting.retain(|sender| !sender.is_closed());
         waiting.len()
+    }
+
+    /// Whether any slot worker waits. Cheap: it drops those that left from the end, where
+    /// [`Feed::hand_over`] takes from, and stops at the first that still waits.
+    fn anybody_waits(&self) -> bool {
+        let mut waiting = self.lock();
+        while waiting.back().is_some_and(|sender| sender.is_closed()) {
+            waiting.pop_back();
+        }
+        !waiting.is_empty()
+    }
+
+    /// Whether at least `n` slot workers wait; counts only when the queue, those that left
+    /// included, is that long.
+    fn at_least(&self, n: usize) -> bool {
+        self.lock().len() >= n && self.takers() >= n
     }
 
     /// Hands `delivery` to the slot worker that started waiting last; gives it back if none
@@ -205,7 +221,7 @@ impl Feed {
     /// Waits until a slot worker waits; `false` when `cancel` fires first.
     async fn wait_for_takers(&self, cancel: &CancellationToken) -> bool {
         loop {
-            if self.takers() > 0 {
+            if self.anybody_waits() {
                 return true;
             }
             tokio::select! {
@@ -267,13 +283,13 @@ impl Feed {
                     if let Some(delivery) = self.hand_over(channel, delivery) {
                         requeue(&delivery).await?;
                     }
-                    if self.takers() == 0 {
+                    if !self.anybody_waits() {
                         self.stop(channel, consumer).await?;
                         return Ok(Round::Again);
                     }
                 }
                 _ = self.arrived.notified() => {
-                    if self.takers() >= 2 * prefetch {
+                    if self.at_least(2 * prefetch) {
                         self.stop(channel, consumer).await?;
                         return Ok(Round::Again);
                     }

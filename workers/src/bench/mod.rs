@@ -177,22 +177,14 @@ async fn measure_all(
             "berth-bench: scale, {} slots then {} slots",
             pools.scale_base, pools.scale
         );
-        let base = scale::run(
+        let [base, large] = scale::compare(
             stack,
             connection,
             &http,
-            stack::SCALE_BASE,
-            pools.scale_base,
-            1,
-            options.phase,
-        )
-        .await?;
-        let large = scale::run(
-            stack,
-            connection,
-            &http,
-            stack::SCALE,
-            pools.scale,
+            [
+                (stack::SCALE_BASE, pools.scale_base),
+                (stack::SCALE, pools.scale),
+            ],
             1,
             options.phase,
         )
@@ -235,7 +227,7 @@ async fn measure_all(
 }
 
 /// How many turns the floor and the stack take in each latency phase.
-const TURNS: u32 = 5;
+pub(crate) const TURNS: u32 = 5;
 
 /// The latency phases, 1 client then 16, of the floor and of the stack, taking turns in
 /// [`TURNS`] slices each so that both see the same machine: on a shared host its speed

@@ -1,6 +1,6 @@
 //! Slot scale: one `berth-worker --fake` process hosting many slots. How long until every
-//! slot worker is up, how much memory the process holds, and acquire latency
-//! next to the same measure on a small pool.
+//! slot worker is up, how much memory the process holds, and acquire latency next to the
+//! same measure on a small pool's process, the two taking turns.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use lapin::options::ConfirmSelectOptions;
 use serde::Serialize;
 
 use super::client;
-use super::measure::{LoopResult, closed_loop, millis};
+use super::measure::{LoopResult, Run, closed_loop_run, millis};
 use super::stack::{Proc, Stack, rss_mib};
 
 /// One fake worker process and what it did.
@@ -26,17 +26,23 @@ pub struct ScaleRun {
     pub acquire: LoopResult,
 }
 
-/// Starts a fake worker process for `pool` (of `slots` slots), waits for every slot
-/// worker to be up, measures acquire latency at `clients` clients for `duration`, and stops it.
-pub(crate) async fn run(
+/// A fake worker process, up, with what it took to come up.
+struct Started {
+    pool: String,
+    slots: usize,
+    workers: Proc,
+    all_consuming: Duration,
+    rss_mib: f64,
+}
+
+/// Starts a fake worker process for `pool` (of `slots` slots) and waits for every slot
+/// worker to be up.
+async fn start(
     stack: &Stack,
     connection: &Connection,
-    http: &reqwest::Client,
     pool: &str,
     slots: usize,
-    clients: usize,
-    duration: Duration,
-) -> anyhow::Result<ScaleRun> {
+) -> anyhow::Result<Started> {
     let names = stack.config.names();
     let mut workers: Proc = stack.fake_workers(pool)?;
     let slot_names = stack
@@ -60,38 +66,81 @@ pub(crate) async fn run(
     let all_consuming = workers.started.elapsed();
     // Let start-up work settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss, _) = rss_mib(workers.pid()).unwrap_or_default();
+    let (rss_mib, _) = rss_mib(workers.pid()).unwrap_or_default();
+    Ok(Started {
+        pool: pool.to_owned(),
+        slots,
+        workers,
+        all_consuming,
+        rss_mib,
+    })
+}
 
+/// Both pools' processes up at once, then acquire latency at `clients` clients on one and
+/// the other in turns ([`super::TURNS`] slices of `duration` in all for each), so that
+/// both see the same machine; then both are stopped.
+pub(crate) async fn compare(
+    stack: &Stack,
+    connection: &Connection,
+    http: &reqwest::Client,
+    pools: [(&str, usize); 2],
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<[ScaleRun; 2]> {
+    let mut started = Vec::new();
+    for (pool, slots) in pools {
+        started.push(start(stack, connection, pool, slots).await?);
+    }
     let channel = Arc::new(connection.create_channel().await?);
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let base = stack.base.clone();
-    let (http2, pool2, names2) = (http.clone(), pool.to_owned(), names.clone());
-    let acquire = closed_loop(clients, duration, move |_| {
-        let (http, base, pool, names, channel) = (
-            http2.clone(),
-            base.clone(),
-            pool2.clone(),
-            names2.clone(),
-            Arc::clone(&channel),
-        );
-        async move {
-            let t = Instant::now();
-            let held = client::acquire(&http, &base, &pool).await?;
-            let latency = t.elapsed();
-            client::release_direct(&channel, &names, &held).await?;
-            Ok(latency)
+    let names = stack.config.names();
+    let slice = duration / super::TURNS;
+    let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..super::TURNS {
+        for (side, process) in started.iter().enumerate() {
+            let (http, base, pool, names, channel) = (
+                http.clone(),
+                stack.base.clone(),
+                process.pool.clone(),
+                names.clone(),
+                Arc::clone(&channel),
+            );
+            let run = closed_loop_run(clients, slice, move |_| {
+                let (http, base, pool, names, channel) = (
+                    http.clone(),
+                    base.clone(),
+                    pool.clone(),
+                    names.clone(),
+                    Arc::clone(&channel),
+                );
+                async move {
+                    let t = Instant::now();
+                    let held = client::acquire(&http, &base, &pool).await?;
+                    let latency = t.elapsed();
+                    client::release_direct(&channel, &names, &held).await?;
+                    Ok(latency)
+                }
+            })
+            .await;
+            runs[side].push(run);
         }
-    })
-    .await;
-    let (_, peak) = rss_mib(workers.pid()).unwrap_or_default();
-    workers.kill();
-    Ok(ScaleRun {
-        slots,
-        all_consuming_ms: millis(all_consuming),
-        rss_mib: rss,
-        peak_rss_mib: peak,
-        acquire,
-    })
+    }
+    let [base_runs, large_runs] = runs;
+    let mut results = Vec::new();
+    for (mut process, runs) in started.into_iter().zip([base_runs, large_runs]) {
+        let (_, peak) = rss_mib(process.workers.pid()).unwrap_or_default();
+        process.workers.kill();
+        results.push(ScaleRun {
+            slots: process.slots,
+            all_consuming_ms: millis(process.all_consuming),
+            rss_mib: process.rss_mib,
+            peak_rss_mib: peak,
+            acquire: LoopResult::of(clients, runs),
+        });
+    }
+    let large = results.pop().expect("two runs");
+    let base = results.pop().expect("two runs");
+    Ok([base, large])
 }

@@ -11,7 +11,7 @@ use berth_worker::bench::{self, BenchOptions};
 
 /// Acquire latency, throughput and slot scale of berth, each next to the bare message flow.
 #[derive(Debug, Parser)]
-#[command(name = "berth-bench", version, about, long_about = None)]
+#[command(name = "berth-bench", version, long_about = None)]
 struct Args {
     /// AMQP URL of the RabbitMQ broker.
     #[arg(long, env = "BERTH_AMQP_URL", default_value = berth::config::DEFAULT_AMQP_URL, hide_env_values = true)]
