@@ -29,6 +29,10 @@ const MESSAGE_CHARS: usize = 200;
 
 const JSON: &str = "application/json";
 
+/// Idle connections to the store kept for reuse, and for how long.
+const IDLE_CONNECTIONS: usize = 32;
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A client of one Launchpad web service, for the PPAs of one owner.
 #[derive(Debug)]
 pub struct LaunchpadStore {
@@ -81,6 +85,10 @@ impl LaunchpadStore {
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .timeout(timeout)
             .connect_timeout(timeout)
+            // A burst of calls (256 releases at once) leaves as many connections open; keep
+            // enough for steady work and let the rest go, with their buffers.
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .pool_idle_timeout(IDLE_TIMEOUT)
             .build()
             .map_err(|e| StoreError::Transport(format!("cannot start the HTTP client: {e}")))?;
         Ok(LaunchpadStore {
