@@ -116,7 +116,7 @@ pub(crate) struct PoolStatus {
     pub(crate) disabled: usize,
     /// Assign requests queued for the pool (`null` when the broker could not be asked).
     pub(crate) waiting: Option<u32>,
-    /// Free workers consuming the pool's queue.
+    /// Consumers of the pool's queue: worker processes with at least one free slot.
     pub(crate) consumers: Option<u32>,
 }
 
