@@ -7,31 +7,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-
 use berth::protocol::AssignReply;
 use berth::record::SlotState;
-use common::{Client, POOL, config, fast_options, free_store, spawn, wait_for, wait_state};
+use common::{Client, config, fast_options, free_store, spawn, wait_for, wait_state};
 
 const WITHIN: Duration = Duration::from_secs(15);
-
-/// Messages ready in the pool queue and its consumers.
-async fn pool_counts(client: &Client) -> (u32, u32) {
-    let queue = client
-        .channel
-        .queue_declare(
-            client.names.assign_queue(POOL).into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (queue.message_count(), queue.consumer_count())
-}
 
 #[tokio::test]
 async fn one_process_consumes_its_pool_once_and_leaves_what_it_cannot_serve_to_others() {
@@ -45,7 +25,7 @@ async fn one_process_consumes_its_pool_once_and_leaves_what_it_cannot_serve_to_o
     }
     // Five free slots, one consumer.
     wait_for("the process to consume the pool queue", WITHIN, || async {
-        match pool_counts(&client).await {
+        match client.pool_counts().await {
             (_, 1) => Ok(()),
             seen => Err(format!("{seen:?}")),
         }
@@ -67,7 +47,7 @@ async fn one_process_consumes_its_pool_once_and_leaves_what_it_cannot_serve_to_o
     // No slot free: the process stops consuming, and a sixth request waits in the queue
     // rather than in the process.
     wait_for("the process to stop consuming", WITHIN, || async {
-        match pool_counts(&client).await {
+        match client.pool_counts().await {
             (_, 0) => Ok(()),
             seen => Err(format!("{seen:?}")),
         }
@@ -75,7 +55,7 @@ async fn one_process_consumes_its_pool_once_and_leaves_what_it_cannot_serve_to_o
     .await;
     let sixth = client.request("ci-5", 300).await;
     assert!(client.no_reply_within(Duration::from_millis(500)).await);
-    assert_eq!(pool_counts(&client).await, (1, 0));
+    assert_eq!(client.pool_counts().await, (1, 0));
 
     // Another process with a free slot takes it.
     let second = spawn(&config, &slots[5..], store.clone(), fast_options());

@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use uuid::Uuid;
 
 use berth::lease::{new_token, token_hash};
@@ -548,23 +546,8 @@ async fn an_assign_request_past_its_deadline_is_dropped_without_a_claim() {
     assert_eq!(writes[0].owner.as_deref(), Some("ci-fresh"));
     // With prefetch 1 the fresh request could only come after the stale one was settled;
     // nothing is left in the queue, so it was acked, not requeued.
-    let queue = client
-        .channel
-        .queue_declare(
-            client.names.assign_queue(POOL).into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        queue.message_count(),
-        0,
-        "the stale request is still queued"
-    );
+    let (ready, _) = client.pool_counts().await;
+    assert_eq!(ready, 0, "the stale request is still queued");
     assert!(
         client.no_reply_within(Duration::from_millis(300)).await,
         "the stale request {stale} was answered"

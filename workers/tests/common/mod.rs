@@ -253,6 +253,23 @@ impl Client {
         reply
     }
 
+    /// Messages ready in the pool queue, and its consumers.
+    pub async fn pool_counts(&self) -> (u32, u32) {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.names.assign_queue(POOL).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (queue.message_count(), queue.consumer_count())
+    }
+
     /// Whether any reply came (for checks that nothing answered).
     pub async fn no_reply_within(&mut self, within: Duration) -> bool {
         if !self.pending_replies.is_empty() {
