@@ -136,11 +136,6 @@ impl Credentials {
         })
     }
 
-    /// A fresh `Authorization` header value: new timestamp and nonce on every call.
-    pub fn authorization_header(&self) -> String {
-        self.signer().header()
-    }
-
     /// What signs requests with these credentials; the parts of the header that never
     /// change are built once, here.
     ///

@@ -69,13 +69,7 @@ impl Session<'_> {
                 return Ok(false);
             }
             Err(reason) => {
-                broker(berth::broker::dead_letter(
-                    &self.channel,
-                    &self.slot.names,
-                    &delivery,
-                    &reason,
-                ))
-                .await?;
+                self.dead_letter(&delivery, &reason).await?;
                 return Ok(false);
             }
         };

@@ -40,14 +40,7 @@ impl Session<'_> {
         let message: Control = match decode(&delivery.data) {
             Ok(message) => message,
             Err(err) => {
-                let reason = err.to_string();
-                broker(berth::broker::dead_letter(
-                    &self.channel,
-                    &self.slot.names,
-                    &delivery,
-                    &reason,
-                ))
-                .await?;
+                self.dead_letter(&delivery, &err.to_string()).await?;
                 return Ok(());
             }
         };

@@ -172,19 +172,15 @@ impl Feed {
     ) {
         let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
         let mut channel: Option<Channel> = None;
-        // Whether `channel` has consumed before (the first time is logged at info).
-        let mut channel_used = false;
         loop {
             if !self.wait_for_takers(&cancel).await {
                 break;
             }
-            let open = match channel.take() {
-                Some(open) if open.status().connected() => open,
+            // `fresh`: a channel of its own first round (logged at info).
+            let (open, fresh) = match channel.take() {
+                Some(open) if open.status().connected() => (open, false),
                 _ => match self.open_channel(&cancel).await {
-                    Some(Ok(open)) => {
-                        channel_used = false;
-                        open
-                    }
+                    Some(Ok(open)) => (open, true),
                     Some(Err(err)) => {
                         tracing::warn!(error = %err, "cannot open a channel for the pool queue");
                         if !pause(&cancel, backoff.next_delay()).await {
@@ -195,9 +191,7 @@ impl Feed {
                     None => break,
                 },
             };
-            let first = !channel_used;
-            channel_used = true;
-            match self.consume(&open, first, &cancel).await {
+            match self.consume(&open, fresh, &cancel).await {
                 Ok(Round::Again) => {
                     backoff.reset();
                     channel = Some(open);
@@ -254,7 +248,7 @@ impl Feed {
     async fn consume(
         &self,
         channel: &Channel,
-        first: bool,
+        fresh: bool,
         cancel: &CancellationToken,
     ) -> Result<Round, Trouble> {
         let prefetch = self.takers().clamp(1, usize::from(u16::MAX));
@@ -266,7 +260,7 @@ impl Feed {
             FieldTable::default(),
         ))
         .await?;
-        if first {
+        if fresh {
             tracing::info!(prefetch, "consuming the pool queue");
         } else {
             tracing::debug!(prefetch, "consuming the pool queue");

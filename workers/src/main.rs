@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
 use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
 use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
 use berth_worker::fake::FakeStore;
-use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 /// How long the slot workers get to settle their messages after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -262,6 +262,22 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Refuses `delivery` for good: a copy goes to the dead-letter queue with `reason`, and
+    /// the original is acked.
+    pub(crate) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), Trouble> {
+        broker(berth::broker::dead_letter(
+            &self.channel,
+            &self.slot.names,
+            delivery,
+            reason,
+        ))
+        .await
+    }
+
     /// The next message of the control queue; its end means the broker dropped us.
     pub(crate) async fn next_control(&mut self) -> Result<Delivery, Trouble> {
         Ok(self.control.next().await.ok_or(Trouble::ConsumerGone)??)

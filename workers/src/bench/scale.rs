@@ -127,9 +127,8 @@ pub(crate) async fn compare(
             runs[side].push(run);
         }
     }
-    let [base_runs, large_runs] = runs;
     let mut results = Vec::new();
-    for (mut process, runs) in started.into_iter().zip([base_runs, large_runs]) {
+    for (mut process, runs) in started.into_iter().zip(runs) {
         let (_, peak) = rss_mib(process.workers.pid()).unwrap_or_default();
         process.workers.kill();
         results.push(ScaleRun {
