@@ -23,12 +23,24 @@ pub const PERSISTENT: u8 = 2;
 /// RabbitMQ's default of 128 KiB that is 8 MiB of memory per connection, at 16 KiB 1 MiB.
 pub const FRAME_MAX: u32 = 16 * 1024;
 
+/// The AMQP heartbeat berth asks for, in seconds, unless the URL sets `heartbeat` (the
+/// `heartbeat_secs` setting puts it there: [`crate::config::Config::broker_url`]). The broker
+/// closes a connection that stayed silent for about two heartbeats, which ends its exclusive
+/// consumers: that is how a stalled or cut-off slot lock holder loses the lock, and how long
+/// its standby waits. RabbitMQ's own default is 60 s.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
+/// The longest pause between two tries to reach the broker again after losing it: a process
+/// is back within about this long after the broker accepts connections again.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
 /// Opens one connection named `name` (shown in the management UI).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
     match url.parse::<AMQPUri>() {
         Ok(mut uri) => {
             uri.query.frame_max.get_or_insert(FRAME_MAX);
+            uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
             Connection::connect_uri(uri, props).await
         }
         // lapin says what is wrong with it.
@@ -43,7 +55,7 @@ pub async fn connect_with_backoff(
     name: &str,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
     loop {
         match connect(url, name).await {
             Ok(conn) => return Some(conn),

@@ -18,6 +18,9 @@ pub const DEFAULT_NAMESPACE: &str = "berth";
 pub struct Config {
     /// AMQP URL of the broker (`BERTH_AMQP_URL`).
     pub amqp_url: String,
+    /// AMQP heartbeat in seconds, unless the URL sets `?heartbeat=`: a stalled or cut-off
+    /// process loses its connection, and a slot worker its slot lock, after about two.
+    pub heartbeat_secs: u16,
     /// Prefix of every queue and exchange name (`BERTH_NAMESPACE`).
     pub namespace: String,
     /// Where the assigner listens (`BERTH_LISTEN`).
@@ -26,6 +29,9 @@ pub struct Config {
     pub supervise: bool,
     /// Lease given when a client names none.
     pub default_lease_secs: u64,
+    /// The shortest lease a client may ask for: a lease must outlast the store round trips
+    /// that hand it out and take it back.
+    pub min_lease_secs: u64,
     /// The longest lease a client may ask for.
     pub max_lease_secs: u64,
     /// How long an acquire waits when the client names no `wait_secs`.
@@ -82,10 +88,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             amqp_url: DEFAULT_AMQP_URL.into(),
+            heartbeat_secs: crate::broker::DEFAULT_HEARTBEAT_SECS,
             namespace: DEFAULT_NAMESPACE.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             supervise: false,
             default_lease_secs: 3600,
+            min_lease_secs: 30,
             max_lease_secs: 7 * 24 * 3600,
             default_wait_secs: 60,
             max_wait_secs: 3600,
@@ -206,10 +214,24 @@ impl Config {
         if self.store.timeout_secs == 0 {
             return invalid("store.timeout_secs".into(), "must be at least 1");
         }
-        if self.default_lease_secs == 0 || self.default_lease_secs > self.max_lease_secs {
+        if self.heartbeat_secs == 0 {
+            return invalid(
+                "heartbeat_secs".into(),
+                "must be at least 1 (without heartbeats a stalled worker keeps its slot lock)",
+            );
+        }
+        if self.min_lease_secs == 0 || self.min_lease_secs > self.max_lease_secs {
+            return invalid(
+                "min_lease_secs".into(),
+                "must be between 1 and max_lease_secs",
+            );
+        }
+        if self.default_lease_secs < self.min_lease_secs
+            || self.default_lease_secs > self.max_lease_secs
+        {
             return invalid(
                 "default_lease_secs".into(),
-                "must be between 1 and max_lease_secs",
+                "must be between min_lease_secs and max_lease_secs",
             );
         }
         if self.default_wait_secs > self.max_wait_secs {
@@ -263,6 +285,18 @@ impl Config {
         self.pools
             .iter()
             .find(|p| p.slots.iter().any(|s| s == slot))
+    }
+
+    /// The broker URL to connect with: `amqp_url`, with `heartbeat=<heartbeat_secs>` added
+    /// when the URL does not set a heartbeat itself.
+    pub fn broker_url(&self) -> String {
+        let url = &self.amqp_url;
+        let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+        if query.split('&').any(|pair| pair.starts_with("heartbeat=")) {
+            return url.clone();
+        }
+        let joint = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joint}heartbeat={}", self.heartbeat_secs)
     }
 
     /// The names object for this deployment's namespace.
@@ -361,6 +395,39 @@ mod tests {
         let (_d, path) = write("max_wait_secs = \"long\"\n");
         let msg = Config::from_file(&path).unwrap_err().to_string();
         assert!(msg.contains("max_wait_secs"), "{msg}");
+    }
+
+    #[test]
+    fn the_heartbeat_goes_into_the_url_unless_it_sets_one() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.broker_url(),
+            format!(
+                "{DEFAULT_AMQP_URL}?heartbeat={}",
+                crate::broker::DEFAULT_HEARTBEAT_SECS
+            )
+        );
+        c.heartbeat_secs = 3;
+        c.amqp_url = "amqp://h:5672/%2f?frame_max=8192".into();
+        assert_eq!(
+            c.broker_url(),
+            "amqp://h:5672/%2f?frame_max=8192&heartbeat=3"
+        );
+        c.amqp_url = "amqp://h:5672/%2f?heartbeat=1".into();
+        assert_eq!(c.broker_url(), c.amqp_url);
+        c.heartbeat_secs = 0;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("heartbeat_secs"), "{msg}");
+    }
+
+    #[test]
+    fn leases_below_the_minimum_are_refused_as_defaults() {
+        let mut c = Config::default();
+        c.default_lease_secs = c.min_lease_secs - 1;
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("default_lease_secs"), "{msg}");
+        c.min_lease_secs = 1;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -72,6 +72,12 @@ pub struct SlotRecord {
     #[serde(default)]
     pub clean_failures: u32,
     pub last_error: Option<String>,
+    /// The lock epoch of the worker that holds the slot (DESIGN §3 "Fencing"): each worker
+    /// that takes the slot lock raises it by one, by compare-and-swap, before it does anything
+    /// else, and checks it is still its own before every side effect. Absent in records
+    /// written before fencing existed, which read as 0.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl SlotRecord {
@@ -87,7 +93,13 @@ impl SlotRecord {
             touched: now.trunc_subsecs(3),
             clean_failures: 0,
             last_error: None,
+            epoch: 0,
         }
+    }
+
+    /// This record with its holder's lock epoch set to `epoch`.
+    pub fn in_epoch(self, epoch: u64) -> Self {
+        SlotRecord { epoch, ..self }
     }
 
     /// The record that stands for a slot whose block is missing or unreadable.
@@ -95,15 +107,6 @@ impl SlotRecord {
         let mut record = SlotRecord::new(SlotState::Dirty, now);
         record.last_error = Some("no readable berth state block; cleaning first".into());
         record
-    }
-
-    /// Whether `now` is past the lease plus `grace`. A used record without an expiry counts
-    /// as expired: nobody can ever renew it.
-    pub fn lease_expired(&self, now: DateTime<Utc>, grace: chrono::Duration) -> bool {
-        match self.lease_expires {
-            Some(expires) => now > expires + grace,
-            None => true,
-        }
     }
 }
 
@@ -214,10 +217,20 @@ mod tests {
             "touched",
             "clean_failures",
             "last_error",
+            "epoch",
         ] {
             assert!(json.get(key).is_some(), "missing {key} in {json}");
         }
         assert_eq!(json["state"], "used");
+    }
+
+    /// Records written before lock epochs existed still read, as epoch 0.
+    #[test]
+    fn a_record_without_an_epoch_reads_as_epoch_zero() {
+        let line = r#"{"v":1,"state":"free","owner":null,"request":null,"lease_sha256":null,"lease_expires":null,"touched":"2026-11-22T10:00:00Z","clean_failures":0,"last_error":null}"#;
+        let d = format!("x\n\n{BEGIN_MARKER}\n{line}\n{END_MARKER}");
+        let record = parse_description(&d).record.unwrap();
+        assert_eq!((record.state, record.epoch), (SlotState::Free, 0));
     }
 
     fn any_state() -> impl Strategy<Value = SlotState> {
@@ -250,11 +263,13 @@ mod tests {
             owner in proptest::option::of(any::<String>()),
             error in proptest::option::of(any::<String>()),
             failures in any::<u32>(),
+            epoch in any::<u64>(),
         ) {
             let mut record = sample(state);
             record.owner = owner;
             record.last_error = error;
             record.clean_failures = failures;
+            record.epoch = epoch;
             let description = render_description(&human, &record);
             let parsed = parse_description(&description);
             prop_assert_eq!(&parsed.human, &human);

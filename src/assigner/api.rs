@@ -100,10 +100,10 @@ fn check_owner(owner: &str) -> Result<(), ApiError> {
 
 fn check_lease(lease_secs: Option<u64>, config: &Config) -> Result<u64, ApiError> {
     let lease_secs = lease_secs.unwrap_or(config.default_lease_secs);
-    if lease_secs == 0 || lease_secs > config.max_lease_secs {
+    if lease_secs < config.min_lease_secs || lease_secs > config.max_lease_secs {
         return Err(ApiError::BadRequest(format!(
-            "\"lease_secs\" must be between 1 and {} (seconds the slot is held without renewing)",
-            config.max_lease_secs
+            "\"lease_secs\" must be between {} and {} (seconds the slot is held without renewing; the shortest is min_lease_secs)",
+            config.min_lease_secs, config.max_lease_secs
         )));
     }
     Ok(lease_secs)

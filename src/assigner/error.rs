@@ -90,7 +90,8 @@ impl ApiError {
         match self {
             ApiError::NoSlot { .. } => Some(5),
             ApiError::BrokerDown | ApiError::WorkerDown(_) | ApiError::ShuttingDown => Some(2),
-            ApiError::Store(_) => Some(5),
+            // Short, so that a holder told to retry a release still has its lease to do it in.
+            ApiError::Store(_) => Some(1),
             _ => None,
         }
     }

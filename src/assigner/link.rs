@@ -214,7 +214,7 @@ async fn connection_loop(
     releases_done: CancellationToken,
 ) {
     let mut epoch = 0;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut backoff = Backoff::new(Duration::from_millis(100), broker::RECONNECT_MAX);
     loop {
         let name = format!(
             "berth-assigner-{}-{}",

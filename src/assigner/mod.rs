@@ -71,7 +71,7 @@ impl Application {
         let link_stop = CancellationToken::new();
         let link = link::start(
             link::LinkConfig {
-                amqp_url: config.amqp_url.clone(),
+                amqp_url: config.broker_url(),
                 names: names.clone(),
                 pools: config.pools.iter().map(|p| p.name.clone()).collect(),
             },

@@ -59,7 +59,7 @@ impl Supervisor {
                 command
                     .arg("--slot")
                     .arg(slot)
-                    .env("BERTH_AMQP_URL", &config.amqp_url)
+                    .env("BERTH_AMQP_URL", config.broker_url())
                     .env("BERTH_NAMESPACE", &config.namespace)
                     .env("BERTH_STORE_URL", &config.store.api_root)
                     .env("BERTH_STORE_OWNER", &config.store.owner)

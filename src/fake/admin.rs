@@ -23,6 +23,7 @@ pub(crate) fn router() -> Router<App> {
         )
         .route("/_fake/state", get(get_state))
         .route("/_fake/history", get(get_history))
+        .route("/_fake/deletions", get(get_deletions))
 }
 
 fn error(status: StatusCode, message: String) -> Response {
@@ -88,6 +89,10 @@ async fn get_state(State(app): State<App>, headers: HeaderMap) -> Json<Value> {
 
 async fn get_history(State(app): State<App>) -> Json<Value> {
     Json(json!(lock(&app.shared).history()))
+}
+
+async fn get_deletions(State(app): State<App>) -> Json<Value> {
+    Json(json!(lock(&app.shared).deletions()))
 }
 
 /// Everything a test may want to look at: archives (name, description, etag, …), every

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 pub use cli::{FakeLaunchpadArgs, run_cli};
 pub use credentials::CredentialsError;
 pub use faults::Faults;
-pub use state::WriteRecord;
+pub use state::{DeletionRecord, WriteRecord};
 
 use conn::{SeverableListener, Severance};
 use state::{FakeState, Shared, Status, lock};
@@ -191,6 +191,11 @@ impl FakeLaunchpad {
     /// Every successful description write so far, in order.
     pub fn history(&self) -> Vec<WriteRecord> {
         lock(&self.shared).history().to_vec()
+    }
+
+    /// Every `requestDeletion` of an existing publication so far, in order of arrival.
+    pub fn deletions(&self) -> Vec<DeletionRecord> {
+        lock(&self.shared).deletions().to_vec()
     }
 
     /// The current description of `ppa`.

@@ -61,6 +61,23 @@ pub struct WriteRecord {
     pub description: String,
 }
 
+/// One `requestDeletion` call that named an existing publication, as `GET /_fake/deletions`
+/// shows it: tests check that no deletion ever reaches a slot while a client holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletionRecord {
+    /// 1, 2, 3, … in the order the requests arrived, across all PPAs.
+    pub seq: u64,
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
+    pub ppa: String,
+    /// The publication's id (the last segment of its `self_link`).
+    pub source: u64,
+    pub package: String,
+    pub version: String,
+    /// When the publication was created (its upload).
+    pub date_created: DateTime<Utc>,
+}
+
 /// One archive (PPA).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ArchiveState {
@@ -78,6 +95,7 @@ pub(crate) struct Source {
     pub(crate) package: String,
     pub(crate) version: String,
     status: Status,
+    pub(crate) date_created: DateTime<Utc>,
     pub(crate) date_published: Option<DateTime<Utc>>,
     /// When a requested deletion takes effect. Computed lazily from this instant instead of
     /// a timer, so nothing runs in the background.
@@ -116,6 +134,7 @@ pub(crate) struct FakeState {
     archives: Vec<ArchiveState>,
     sources: Vec<Source>,
     history: Vec<WriteRecord>,
+    deletions: Vec<DeletionRecord>,
 }
 
 impl FakeState {
@@ -132,6 +151,7 @@ impl FakeState {
             archives: Vec::new(),
             sources: Vec::new(),
             history: Vec::new(),
+            deletions: Vec::new(),
         };
         for n in 1..=config.ppas {
             let etag = state.next_etag();
@@ -208,6 +228,7 @@ impl FakeState {
             package: package.to_owned(),
             version: version.to_owned(),
             status,
+            date_created: Utc::now(),
             date_published: (status != Status::Pending).then(Utc::now),
             deletion_due: None,
         };
@@ -233,8 +254,9 @@ impl FakeState {
         self.sources.iter().find(|s| s.id == id && s.ppa == ppa)
     }
 
-    /// Marks a publication for deletion after the configured delay. Asking again does not
-    /// postpone an earlier request. `None` when there is no such publication.
+    /// Marks a publication for deletion after the configured delay, and logs the request.
+    /// Asking again does not postpone an earlier request. `None` when there is no such
+    /// publication.
     pub(crate) fn request_deletion(&mut self, ppa: &str, id: u64, now: Instant) -> Option<()> {
         let due = now + self.deletion_delay;
         let source = self
@@ -244,7 +266,21 @@ impl FakeState {
         if source.deletion_due.is_none() {
             source.deletion_due = Some(due);
         }
+        let record = DeletionRecord {
+            seq: self.deletions.len() as u64 + 1,
+            at: Utc::now(),
+            ppa: ppa.to_owned(),
+            source: id,
+            package: source.package.clone(),
+            version: source.version.clone(),
+            date_created: source.date_created,
+        };
+        self.deletions.push(record);
         Some(())
+    }
+
+    pub(crate) fn deletions(&self) -> &[DeletionRecord] {
+        &self.deletions
     }
 
     pub(crate) fn history(&self) -> &[WriteRecord] {
@@ -320,6 +356,14 @@ mod tests {
         assert_eq!(
             state.sources("ppa-1", Some(Status::Published), now).len(),
             1
+        );
+        assert_eq!(state.deletions().len(), 1);
+        assert_eq!(
+            (
+                state.deletions()[0].ppa.as_str(),
+                state.deletions()[0].source
+            ),
+            ("ppa-1", id)
         );
         let later = now + Duration::from_secs(61);
         assert!(

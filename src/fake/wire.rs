@@ -85,6 +85,7 @@ pub(crate) fn source_json(links: &Links, source: &Source, now: Instant) -> Value
         "source_package_version": source.version,
         "status": source.status(now),
         "display_name": format!("{} {} in ubuntu", source.package, source.version),
+        "date_created": source.date_created.to_rfc3339(),
         "date_published": source.date_published.map(|d| d.to_rfc3339()),
     })
 }

@@ -68,6 +68,7 @@ impl MemoryStore {
             source_package_name: package.to_owned(),
             source_package_version: version.to_owned(),
             status: "Published".into(),
+            date_created: Some(chrono::Utc::now()),
         };
         inner
             .sources

@@ -41,6 +41,11 @@ pub struct SourcePublication {
     pub source_package_version: String,
     /// `Pending`, `Published`, `Superseded`, `Deleted` or `Obsolete`.
     pub status: String,
+    /// When the store created the publication (the upload was accepted). A cleaning deletes
+    /// only publications created before its fencing check (DESIGN §3 "Fencing"), so even a
+    /// stale cleaner cannot remove a newer holder's upload; one without a date is not deleted.
+    #[serde(default)]
+    pub date_created: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Publication statuses that still occupy a PPA and must be deleted by cleaning.

@@ -14,6 +14,8 @@ pub struct Proxy {
     stalled: Arc<AtomicBool>,
     /// Bumped to cut every open connection.
     generation: watch::Sender<u64>,
+    /// Bumped to close every open connection on the server's side only.
+    severed: watch::Sender<u64>,
     cuts: AtomicU64,
     task: tokio::task::JoinHandle<()>,
 }
@@ -25,6 +27,8 @@ impl Proxy {
         let stalled = Arc::new(AtomicBool::new(false));
         let (generation, _) = watch::channel(0u64);
         let gen_tx = generation.clone();
+        let (severed, _) = watch::channel(0u64);
+        let sever_tx = severed.clone();
         let stalled2 = stalled.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -32,13 +36,15 @@ impl Proxy {
                     continue;
                 };
                 let cut = gen_tx.subscribe();
-                tokio::spawn(pipe(inbound, target, stalled2.clone(), cut));
+                let sever = sever_tx.subscribe();
+                tokio::spawn(pipe(inbound, target, stalled2.clone(), cut, sever));
             }
         });
         Proxy {
             addr,
             stalled,
             generation,
+            severed,
             cuts: AtomicU64::new(0),
             task,
         }
@@ -48,6 +54,13 @@ impl Proxy {
     pub fn cut(&self) {
         self.cuts.fetch_add(1, Ordering::Relaxed);
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Closes every open connection on the server's side only: the server sees the client go,
+    /// while the client hears nothing at all (its side stays open and silent), as when a
+    /// network splits. Ends with [`Proxy::cut`].
+    pub fn sever(&self) {
+        self.severed.send_modify(|g| *g += 1);
     }
 
     /// Stops moving bytes (both ways) on every connection until [`Proxy::resume`].
@@ -72,19 +85,28 @@ async fn pipe(
     target: SocketAddr,
     stalled: Arc<AtomicBool>,
     mut cut: watch::Receiver<u64>,
+    mut sever: watch::Receiver<u64>,
 ) {
     let Ok(mut outbound) = TcpStream::connect(target).await else {
         let _ = inbound.shutdown().await;
         return;
     };
-    let (mut ri, mut wi) = inbound.split();
-    let (mut ro, mut wo) = outbound.split();
-    let up = copy(&mut ri, &mut wo, &stalled);
-    let down = copy(&mut ro, &mut wi, &stalled);
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = cut.changed() => {}
+    let severed = {
+        let (mut ri, mut wi) = inbound.split();
+        let (mut ro, mut wo) = outbound.split();
+        let up = copy(&mut ri, &mut wo, &stalled);
+        let down = copy(&mut ro, &mut wi, &stalled);
+        tokio::select! {
+            _ = up => false,
+            _ = down => false,
+            _ = cut.changed() => false,
+            _ = sever.changed() => true,
+        }
+    };
+    if severed {
+        drop(outbound);
+        // The client's side stays open, and silent, until the proxy cuts it.
+        let _ = cut.changed().await;
     }
 }
 

@@ -3,7 +3,7 @@
 //! compare-and-swap, reply (mandatory, confirmed) and ack last. Whatever goes wrong before
 //! the ack, the request goes back to its queue for another worker.
 
-use chrono::Duration as ChronoDuration;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
@@ -21,9 +21,14 @@ enum Claim {
     /// The slot is the requester's, or was released at once because the reply could not
     /// be delivered; either way the request is answered.
     Answered,
-    /// The slot stopped being free under us; another worker must take the request.
+    /// The slot stopped being free under us, or the claim's lease ran out before its reply
+    /// could go out; another worker must take the request.
     NotFree,
 }
+
+/// A claim write slower than this is followed by a second write that restarts the lease, so
+/// that a slow store does not eat into the lease the holder gets.
+const TOP_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A request this worker may serve, with the queue its reply goes to.
 struct Request {
@@ -122,7 +127,8 @@ impl Session<'_> {
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
         let claimed_at = now();
-        let lease_expires = claimed_at + ChronoDuration::seconds(lease_secs(body.lease_secs));
+        let lease = ChronoDuration::seconds(lease_secs(body.lease_secs));
+        let mut lease_expires = claimed_at + lease;
         let claimed = self
             .transition(|current| {
                 (current.state == SlotState::Free).then(|| SlotRecord {
@@ -143,6 +149,9 @@ impl Session<'_> {
             );
             std::process::abort();
         }
+        if let Some(topped) = self.top_up(body, claimed_at, lease).await? {
+            lease_expires = topped;
+        }
         tracing::info!(owner = %body.owner, %lease_expires, "claimed");
 
         let reply = AssignReply {
@@ -160,6 +169,15 @@ impl Session<'_> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
+        // The reply hands the slot out, and cannot be taken back: fenced by the clock. Until
+        // the lease is over nobody else may have the slot (a worker that took the slot over
+        // honours the lease in the record), so a reply sent before then is good; past it (this
+        // worker stalled since the claim), the lease may have been taken back and the slot
+        // handed on, and the request goes back to its queue instead.
+        if chrono::Utc::now() >= lease_expires {
+            tracing::warn!(%lease_expires, "the lease ran out before its reply could go out (was this worker stalled?); not handing it out");
+            return Ok(Claim::NotFree);
+        }
         let confirm = broker(via.basic_publish(
             "".into(),
             request.reply_to.clone(),
@@ -182,6 +200,37 @@ impl Session<'_> {
             self.release_request(body).await?;
         }
         Ok(Claim::Answered)
+    }
+
+    /// Restarts the lease of the claim just written for `request` if the write took longer
+    /// than [`TOP_UP_AFTER`]: the lease is to count from when the claim reached the store,
+    /// so the new end is now + `lease` + the claim write's own duration (as good a guess as
+    /// any of how long this write takes). Answers the new end, if written.
+    async fn top_up(
+        &mut self,
+        request: &AssignRequest,
+        claimed_at: DateTime<Utc>,
+        lease: ChronoDuration,
+    ) -> Result<Option<DateTime<Utc>>, Trouble> {
+        let took = now() - claimed_at;
+        if took.to_std().is_ok_and(|took| took <= TOP_UP_AFTER) {
+            return Ok(None);
+        }
+        let lease_expires = now() + lease + took;
+        tracing::info!(
+            took_ms = took.num_milliseconds(),
+            "the claim write was slow; restarting the lease"
+        );
+        let extended = self
+            .transition(|current| {
+                (current.state == SlotState::Used && current.request == Some(request.request_id))
+                    .then(|| SlotRecord {
+                        lease_expires: Some(lease_expires),
+                        ..current.clone()
+                    })
+            })
+            .await?;
+        Ok(extended.then_some(lease_expires))
     }
 
     /// Moves the slot claimed for `request` to dirty, as if its holder had released it.

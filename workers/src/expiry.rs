@@ -24,7 +24,7 @@ pub(crate) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
 }
 
 /// Whether the lease of `record` plus `grace` has passed by this worker's clock, now (strictly
-/// past, like [`SlotRecord::lease_expired`]). Only this decides; nothing else in the record
+/// past). Only this decides; nothing else in the record
 /// (`touched`, say) counts.
 pub(crate) fn lease_over(record: &SlotRecord, grace: Duration) -> bool {
     lease_end(record, grace).is_none_or(|end| chrono::Utc::now() > end)

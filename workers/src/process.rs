@@ -46,7 +46,7 @@ pub async fn run_slots(
         return Err(RunError::DuplicateSlot(twice.slot.clone()));
     }
     let connectors =
-        connection::connectors(&config.amqp_url, &options.connection_name, slots.len());
+        connection::connectors(&config.broker_url(), &options.connection_name, slots.len());
     let count = slots.len();
     let options = Arc::new(options);
     let names = config.names();

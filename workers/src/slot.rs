@@ -4,6 +4,13 @@
 //! The state lives only in the store. In memory a worker keeps the last [`SlotView`] it read
 //! or wrote, and every write is a compare-and-swap against it: on a `412` it re-reads and
 //! decides again ([`Session::transition`]).
+//!
+//! Fencing (DESIGN §3 "Fencing"): the slot lock is the broker's word that this worker alone
+//! may act, but a process paused or cut off keeps believing it after the broker gave the lock
+//! to a standby. So a worker that takes the lock first raises the record's lock epoch by
+//! compare-and-swap ([`Session::take_over`]), and every later write and re-read checks that the
+//! epoch is still its own: a worker that finds another one stops at once
+//! ([`Trouble::Fenced`]) and goes back to waiting for the lock.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +59,12 @@ pub(crate) enum Trouble {
     Unsettled,
     #[error("the broker did not answer within {0:?}; starting over on a fresh connection")]
     Stalled(Duration),
+    /// The record carries another worker's lock epoch: that worker took the slot over while
+    /// this one was paused or cut off. Nothing more may be done to the slot.
+    #[error(
+        "another worker took the slot over (the record's lock epoch is {found}, ours was {ours})"
+    )]
+    Fenced { ours: u64, found: u64 },
 }
 
 /// The longest a slot worker waits for the broker on one operation (a publish, its confirm,
@@ -108,12 +121,19 @@ pub(crate) struct Session<'a> {
     pub(crate) events: Events,
     /// The record as last read or written, with the ETag to write it back.
     pub(crate) view: SlotView,
+    /// This session's lock epoch, written into the record when it took the slot over.
+    pub(crate) epoch: u64,
 }
+
+/// The pause before reconnecting after broker trouble starts here and doubles up to
+/// [`berth::broker::RECONNECT_MAX`], so a worker is back within a second of the broker
+/// accepting connections again.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
 
 /// Runs one slot worker until `slot.cancel` fires.
 pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     let options = &slot.options;
-    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    let mut backoff = Backoff::new(RECONNECT_MIN, berth::broker::RECONNECT_MAX);
     loop {
         let lock = match lock::acquire(
             &connector,
@@ -146,6 +166,12 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
             Ok(()) => {
                 tracing::info!("stopped");
                 return;
+            }
+            Err(err @ Trouble::Fenced { .. }) => {
+                // Said once: the session is over and the worker waits for the lock again, which
+                // the broker will not give it while the worker that fenced it lives.
+                tracing::warn!(error = %err, "fenced: doing nothing more to the slot; waiting for the slot lock again");
+                backoff.reset();
             }
             Err(err) => {
                 tracing::warn!(error = %err, "lost the broker; will recover from the store record");
@@ -181,21 +207,63 @@ impl<'a> Session<'a> {
                 }
             }
         };
-        tracing::info!(state = %view.record.state, "recovered the slot record");
         let events = Events::new(
             lock.channel.clone(),
             slot.names.clone(),
             &slot.spec.pool,
             &slot.spec.slot,
         );
-        let session = Session {
+        let mut session = Session {
             slot,
             channel: lock.channel,
             control: lock.control,
             events,
+            epoch: view.record.epoch,
             view,
         };
+        if !session.take_over(&mut backoff).await {
+            return Ok(());
+        }
+        tracing::info!(state = %session.view.record.state, epoch = session.epoch, "recovered the slot record; took the slot over");
         session.run(backoff).await
+    }
+
+    /// Raises the record's lock epoch by one, by compare-and-swap, and makes it this
+    /// session's: from then on a worker that held the slot before and still believes it does
+    /// fails its next write or fencing check. A record that was unreadable is written back
+    /// readable (dirty). Retries until written; `false` when shutdown was asked for first.
+    async fn take_over(&mut self, backoff: &mut Backoff) -> bool {
+        loop {
+            let epoch = self.view.record.epoch.saturating_add(1);
+            let record = self.view.record.clone().in_epoch(epoch);
+            match write_slot(&*self.slot.store, &self.view, &record).await {
+                Ok(view) => {
+                    self.view = view;
+                    self.epoch = epoch;
+                    return true;
+                }
+                // The worker before us wrote meanwhile (it has not noticed it lost the lock
+                // yet): read its write and raise the epoch over it.
+                Err(StoreError::Conflict) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot write the lock epoch; retrying");
+                    if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                        return false;
+                    }
+                }
+            }
+            loop {
+                match read_slot(&*self.slot.store, &self.slot.spec.slot).await {
+                    Ok(view) => break self.view = view,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the slot record; retrying");
+                        if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     async fn run(mut self, mut backoff: Backoff) -> Result<(), Trouble> {
@@ -218,6 +286,7 @@ impl<'a> Session<'a> {
                         }
                         match self.reread().await {
                             Ok(()) => break,
+                            Err(err @ Trouble::Fenced { .. }) => return Err(err),
                             Err(err) => tracing::warn!(error = %err, "cannot read the slot record"),
                         }
                     }
@@ -227,23 +296,33 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Replaces the view with the store's current one.
-    pub(crate) async fn reread(&mut self) -> Result<(), StoreError> {
-        self.view = read_slot(&*self.slot.store, &self.slot.spec.slot).await?;
+    /// Replaces the view with the store's current one; [`Trouble::Fenced`] (and the view left
+    /// as it was) if another worker has taken the slot over.
+    pub(crate) async fn reread(&mut self) -> Result<(), Trouble> {
+        let view = read_slot(&*self.slot.store, &self.slot.spec.slot).await?;
+        fence(self.epoch, &view.record)?;
+        self.view = view;
         Ok(())
     }
 
-    /// Writes the record that `next` makes of the current one, by compare-and-swap. On a
-    /// `412` it re-reads and asks `next` again; `next` answers `None` when the record it is
-    /// shown no longer allows the transition. `Ok(true)` when written.
+    /// Writes the record that `next` makes of the current one, by compare-and-swap, in this
+    /// session's lock epoch. On a `412` it re-reads (which fences) and asks `next` again;
+    /// `next` answers `None` when the record it is shown no longer allows the transition.
+    /// `Ok(true)` when written.
+    ///
+    /// The write itself is fenced by its `If-Match`: the ETag is the one of this worker's own
+    /// last read or write, and a worker that took the slot over since has written its epoch,
+    /// which changed the ETag.
     pub(crate) async fn transition(
         &mut self,
         next: impl Fn(&SlotRecord) -> Option<SlotRecord>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, Trouble> {
         loop {
+            fence(self.epoch, &self.view.record)?;
             let Some(record) = next(&self.view.record) else {
                 return Ok(false);
             };
+            let record = record.in_epoch(self.epoch);
             match write_slot(&*self.slot.store, &self.view, &record).await {
                 Ok(view) => {
                     // Each transition also has a line of its own, at info, saying why.
@@ -257,7 +336,7 @@ impl<'a> Session<'a> {
                     tracing::info!("the slot record changed since it was read (412); re-reading");
                     self.reread().await?;
                 }
-                Err(err) => return Err(err),
+                Err(err) => return Err(err.into()),
             }
         }
     }
@@ -312,6 +391,18 @@ impl<'a> Session<'a> {
         }
         self.reread().await?;
         Ok(Flow::Continue)
+    }
+}
+
+/// `Ok` if `record` carries lock epoch `ours`; otherwise the slot was taken over.
+pub(crate) fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
+    if record.epoch == ours {
+        Ok(())
+    } else {
+        Err(Trouble::Fenced {
+            ours,
+            found: record.epoch,
+        })
     }
 }
 

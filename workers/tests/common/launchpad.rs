@@ -30,11 +30,16 @@ pub struct World {
 impl World {
     /// A fake Launchpad with `ppas` PPAs (`ppa-1`…) in pool `ppa`, deletions taking 100 ms.
     pub async fn start(ppas: usize) -> World {
+        World::start_with(ppas, Duration::from_millis(100)).await
+    }
+
+    /// The same, with deletions taking `deletion_delay`.
+    pub async fn start_with(ppas: usize, deletion_delay: Duration) -> World {
         let launchpad = FakeLaunchpad::start(
             "127.0.0.1:0".parse().unwrap(),
             FakeConfig {
                 ppas,
-                deletion_delay: Duration::from_millis(100),
+                deletion_delay,
                 ..FakeConfig::default()
             },
         )
