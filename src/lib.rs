@@ -1,5 +1,5 @@
 //! berth hands out build slots (first kind: Launchpad PPAs) to CI pipelines, over RabbitMQ,
-//! keeping every bit of slot state in the store. See DESIGN.md for the whole picture.
+//! keeping every bit of slot state in the store. See docs/DESIGN.md for the whole picture.
 
 pub mod assigner;
 pub mod backoff;

@@ -21,7 +21,7 @@ pub(crate) enum ApiError {
     UnknownPool(String),
     #[error("no slot named {0:?}; GET /v1/slots lists the slots")]
     UnknownSlot(String),
-    #[error("no such endpoint; the API is under /v1 (see DESIGN.md §4)")]
+    #[error("no such endpoint; the API is under /v1 (see docs/DESIGN.md §4)")]
     NoRoute,
     #[error(
         "no slot of pool {pool:?} came free within {wait_secs} s; retry later or wait longer (\"wait_secs\")"

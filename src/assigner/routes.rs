@@ -50,7 +50,7 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
         .method_not_allowed_fallback(|| async {
             ApiError::BadBody {
                 status: StatusCode::METHOD_NOT_ALLOWED,
-                message: "method not allowed here; see DESIGN.md §4 for the API".into(),
+                message: "method not allowed here; see docs/DESIGN.md §4 for the API".into(),
             }
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

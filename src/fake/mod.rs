@@ -1,5 +1,5 @@
 //! The fake Launchpad (DESIGN §5): a real HTTP server speaking the subset of the Launchpad
-//! web service berth uses (notes/launchpad-wire.md), plus `/_fake/` endpoints to add
+//! web service berth uses (docs/launchpad.md), plus `/_fake/` endpoints to add
 //! uploads, inject faults and look at its state.
 //!
 //! Tests start it in-process on port 0 with [`FakeLaunchpad::start`]; `berth fake-launchpad`

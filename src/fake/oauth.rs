@@ -1,5 +1,5 @@
 //! Checking the OAuth 1.0 PLAINTEXT `Authorization` header that writes must carry, the way
-//! launchpadlib sends it (see notes/launchpad-wire.md). The fake only verifies: it never
+//! launchpadlib sends it (see docs/launchpad.md). The fake only verifies: it never
 //! signs, so it does not share code with the store client.
 
 use std::collections::HashMap;

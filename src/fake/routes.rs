@@ -1,4 +1,4 @@
-//! The Launchpad endpoints berth uses (notes/launchpad-wire.md), under `/devel`. Errors are
+//! The Launchpad endpoints berth uses (docs/launchpad.md), under `/devel`. Errors are
 //! plain text, like Launchpad's.
 
 use std::time::Instant;

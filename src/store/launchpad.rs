@@ -1,6 +1,6 @@
 //! The store as the Launchpad web service (or the fake of DESIGN §5) serves it: archives
 //! read and written with compare-and-swap on `http_etag`, paged collections, OAuth PLAINTEXT.
-//! The wire shapes are those of `notes/launchpad-wire.md`.
+//! The wire shapes are those of `docs/launchpad.md`.
 //!
 //! Every call has the client's timeout. Requests carry the `Authorization` header whenever
 //! credentials are configured (launchpadlib signs reads too; private PPAs need it); writes

@@ -7,7 +7,6 @@
 //! [`run_slots`] hosts any number of slot workers in one process; the `berth-worker` binary
 //! is a thin shell around it (flags in [`cli`]).
 
-pub mod bench;
 mod claim;
 mod clean;
 pub mod cli;

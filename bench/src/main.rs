@@ -1,5 +1,5 @@
 //! `berth-bench`: measures the stack against the bare message flow on the same broker (see
-//! the library's `bench` module). Prints a table on stderr and one JSON object on stdout.
+//! the `berth_bench` library). Prints a table on stderr and one JSON object on stdout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use berth_worker::bench::{self, BenchOptions};
+use berth_bench::BenchOptions;
 
 /// Acquire latency, throughput and slot scale of berth, each next to the bare message flow.
 #[derive(Debug, Parser)]
@@ -68,7 +68,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .map(PathBuf::from)
             .unwrap_or_default(),
     };
-    let report = bench::run(BenchOptions {
+    let report = berth_bench::run(BenchOptions {
         amqp_url: args.amqp_url,
         bin_dir,
         phase: Duration::from_secs_f64(args.phase_secs),
