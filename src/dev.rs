@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::assigner::{self, shutdown_token};
+use crate::assigner;
 use crate::config::{Config, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE};
 use crate::fake::{FakeConfig, FakeLaunchpad};
 
@@ -47,7 +47,7 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
     if args.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }
-    let cancel = shutdown_token();
+    let cancel = crate::shutdown::signal();
     let fake_config = FakeConfig {
         owner: "berth-ci".into(),
         ppas: args.slots,

@@ -14,7 +14,6 @@ mod link;
 mod metrics;
 mod pending;
 mod routes;
-mod signal;
 mod status;
 pub mod supervise;
 
@@ -30,8 +29,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigArgs};
 use crate::store::{LaunchpadStore, SlotStore};
-
-pub use signal::shutdown_token;
 
 /// How long shutdown waits for open HTTP requests, then for the broker link to close.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
@@ -161,7 +158,7 @@ pub async fn run_cli(args: AssignerArgs) -> anyhow::Result<ExitCode> {
         config.listen = listen;
     }
     config.supervise |= args.supervise;
-    let cancel = shutdown_token();
+    let cancel = crate::shutdown::signal();
     serve(config, args.config.config.clone(), cancel).await?;
     Ok(ExitCode::SUCCESS)
 }
