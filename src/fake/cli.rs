@@ -32,13 +32,10 @@ pub struct FakeLaunchpadArgs {
 /// Runs `berth fake-launchpad` until Ctrl-C or SIGTERM, then shuts down gracefully.
 pub async fn run_cli(args: FakeLaunchpadArgs) -> anyhow::Result<ExitCode> {
     let credentials = match &args.credentials {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading credentials file {}", path.display()))?;
-            let credentials = FakeCredentials::from_launchpadlib(&text)
-                .with_context(|| format!("credentials file {}", path.display()))?;
-            Some(credentials)
-        }
+        Some(path) => Some(
+            FakeCredentials::from_file(path)
+                .with_context(|| format!("credentials file {}", path.display()))?,
+        ),
         None => None,
     };
     let config = FakeConfig {
