@@ -1,5 +1,5 @@
 //! Shared RabbitMQ plumbing: connecting, declaring the topology with the same arguments
-//! everywhere (DESIGN §3), dead-lettering refused messages and publishing events.
+//! everywhere (DESIGN §3) and dead-lettering refused messages.
 
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::protocol::{Event, Names, REASON_HEADER, encode};
+use crate::protocol::{Names, REASON_HEADER};
 
 /// Delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -174,27 +174,6 @@ pub async fn dead_letter(
         "refused a message; moved it to the dead-letter queue"
     );
     Ok(())
-}
-
-/// Publishes a lifecycle event. Events are notifications: a failure is logged and counted by
-/// the caller, never allowed to block a transition.
-pub async fn publish_event(channel: &Channel, names: &Names, event: &Event) -> bool {
-    let result = channel
-        .basic_publish(
-            names.events_exchange().into(),
-            event.routing_key().into(),
-            BasicPublishOptions::default(),
-            &encode(event),
-            json_properties(),
-        )
-        .await;
-    match result {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::warn!(error = %err, event = event.event.as_str(), "could not publish an event");
-            false
-        }
-    }
 }
 
 /// Declares a server-named, exclusive, auto-delete queue and consumes it without acks: the

@@ -331,29 +331,11 @@ pub fn valid_name(name: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
-        let dir = tempdir::Dir::new();
-        let path = dir.path.join("berth.toml");
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
         std::fs::write(&path, text).unwrap();
         (dir, path)
-    }
-
-    mod tempdir {
-        pub(super) struct Dir {
-            pub(super) path: std::path::PathBuf,
-        }
-        impl Dir {
-            pub(super) fn new() -> Dir {
-                let path = std::env::temp_dir().join(format!("berth-cfg-{}", uuid::Uuid::new_v4()));
-                std::fs::create_dir_all(&path).unwrap();
-                Dir { path }
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.path);
-            }
-        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::assigner::{self, shutdown_token};
+use crate::assigner;
 use crate::config::{Config, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE};
 use crate::fake::{FakeConfig, FakeLaunchpad};
 
@@ -33,21 +33,12 @@ pub struct DevArgs {
     pub namespace: String,
 }
 
-/// A directory removed when dropped, holding the generated config and credentials.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs `berth dev` until SIGINT or SIGTERM.
 pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
     if args.slots == 0 {
         anyhow::bail!("--slots must be at least 1");
     }
-    let cancel = shutdown_token();
+    let cancel = crate::shutdown::signal();
     let fake_config = FakeConfig {
         owner: "berth-ci".into(),
         ppas: args.slots,
@@ -59,8 +50,13 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
             args.store_listen
         )
     })?;
-    let scratch = Scratch(std::env::temp_dir().join(format!("berth-dev-{}", std::process::id())));
-    let (config, config_file) = write_config(&args, &fake.api_root(), &scratch.0)?;
+    // Holds the generated config and credentials; removed when dropped. Its name carries
+    // the pid, so the workers' command lines say which `berth dev` they belong to.
+    let scratch = tempfile::Builder::new()
+        .prefix(&format!("berth-dev-{}-", std::process::id()))
+        .tempdir()
+        .context("cannot create a directory for the dev configuration")?;
+    let (config, config_file) = write_config(&args, &fake.api_root(), scratch.path())?;
     let listen = config.listen;
     let result = assigner::serve_with(config, Some(config_file), cancel.clone(), |addr| {
         tokio::spawn(announce_when_ready(

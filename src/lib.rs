@@ -11,5 +11,6 @@ pub mod fake;
 pub mod lease;
 pub mod protocol;
 pub mod record;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -92,14 +92,6 @@ pub enum Control {
     },
 }
 
-impl Control {
-    pub fn version(&self) -> u32 {
-        match self {
-            Control::Release { v, .. } | Control::Renew { v, .. } => *v,
-        }
-    }
-}
-
 /// How a renew went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

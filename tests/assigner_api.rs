@@ -1,7 +1,7 @@
 //! The assigner in-process against fake workers (`berth-worker --fake`, each with its own
 //! in-memory store): waiting, ordering, input checks, late replies.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use berth::store::MemoryStore;
-use common::*;
+use support::*;
 
 fn store() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new("berth-ci", Vec::<String>::new()))

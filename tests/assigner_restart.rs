@@ -2,9 +2,8 @@
 //! requests wait, then restarted, it leaks no slot and serves new requests; cut off from the
 //! broker, it answers its waiting requests `503` and serves again once reconnected.
 
-mod common;
+mod support;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,15 +13,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use berth::store::MemoryStore;
-use common::*;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::*;
 
 fn start_assigner(config_file: &std::path::Path) -> Proc {
     let child = Command::new(berth_bin())
@@ -41,7 +32,7 @@ async fn sigkilled_assigner_leaks_no_slot_and_serves_after_restart() {
     let slots = slot_names(3);
     let mut config = config(&slots.iter().map(String::as_str).collect::<Vec<_>>());
     config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("berth.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
     let base = format!("http://{}", config.listen);

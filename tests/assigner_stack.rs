@@ -3,7 +3,7 @@
 //! every slot handed out is recorded with its owner and lease hash (DESIGN §7.2), a
 //! released slot is emptied and freed, and concurrent clients never share a slot.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ use berth::fake::{FakeConfig, FakeLaunchpad};
 use berth::lease::token_hash;
 use berth::record::{SlotState, parse_description};
 use berth::store::LaunchpadStore;
-use common::*;
+use support::*;
 
 #[tokio::test]
 async fn real_workers_over_the_fake_launchpad() {
@@ -30,7 +30,7 @@ async fn real_workers_over_the_fake_launchpad() {
     )
     .await
     .unwrap();
-    let dir = TempDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("credentials");
     std::fs::write(
         &credentials,

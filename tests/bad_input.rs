@@ -3,7 +3,7 @@
 //! never answer `5xx` (but `503` for an acquire that found no slot) and always answer our JSON
 //! error with a message for a person. A body over the size limit is refused with `413`.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use berth::protocol::{Control, PROTOCOL_VERSION, RenewOutcome, RenewReply, decode, encode};
 use berth::store::MemoryStore;
-use common::{POOL, TestApp, answer, config};
+use support::{POOL, TestApp, answer, config};
 
 /// A worker stand-in for slot `s-1` that answers every renew `not_held` at once, so that
 /// well-formed renews do not wait for a worker that is not there.

@@ -2,7 +2,7 @@
 //! processes over the in-process fake Launchpad), driven over HTTP, by the `berth` client
 //! commands, and by `tests/curl.sh`.
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use berth::config::Config;
-use common::*;
+use support::*;
 
 /// A running `berth dev` in its own namespace, on ports picked by the system.
 struct Dev {

@@ -1,16 +1,19 @@
 //! Black-box tests of the fake Launchpad: started in-process on port 0 (and once as the
 //! real `berth fake-launchpad` binary), spoken to over HTTP with plain reqwest.
 
+mod support;
+
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth::fake::{FakeConfig, FakeCredentials, FakeLaunchpad, Faults};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, ETAG, IF_MATCH};
 use serde_json::{Value, json};
+use support::{Proc, wait_for};
 
 const ANY: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
@@ -143,26 +146,6 @@ fn self_links(entries: &[Value]) -> Vec<String> {
         .iter()
         .map(|e| e["self_link"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Polls `check` until it holds or `within` passes; the failure shows the last value seen.
-async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
-    within: Duration,
-    mut probe: impl FnMut() -> F,
-    check: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let seen = probe().await;
-        if check(&seen) {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "condition not met within {within:?}; last seen {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -472,11 +455,14 @@ async fn deletion_takes_the_configured_delay() {
             "still published right after"
         );
     }
-    eventually(
-        Duration::from_secs(5),
-        || t.sources("ppa-1", "Deleted"),
-        |s| s.len() == 1,
-    )
+    wait_for("the deletion to show", Duration::from_secs(5), || async {
+        let deleted = t.sources("ppa-1", "Deleted").await;
+        if deleted.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{deleted:?}"))
+        }
+    })
     .await;
     assert!(asked.elapsed() >= delay, "deleted before the delay");
     assert!(t.sources("ppa-1", "Published").await.is_empty());
@@ -766,16 +752,6 @@ async fn etags_are_not_reused_by_a_new_server() {
     assert_ne!(second.etag("ppa-1").await, etag);
 }
 
-/// Kills the child process if a test fails before it exits.
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_binary_serves_the_owner_ppas_until_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -795,7 +771,7 @@ async fn the_binary_serves_the_owner_ppas_until_sigterm() {
         .spawn()
         .expect("berth starts");
     let stderr = child.stderr.take().unwrap();
-    let mut child = Reap(child);
+    let mut child = Proc(child);
 
     // Read stderr on a thread, so waiting for the address line can have a deadline.
     let (lines, received) = std::sync::mpsc::channel();

@@ -2,7 +2,6 @@
 //! `If-Match`, bodies, every OAuth field) and how it reads each kind of answer.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth::config::StoreConfig;
@@ -656,31 +655,21 @@ fn refuses_a_root_that_is_not_an_http_url() {
     }
 }
 
-/// A file under the temporary directory, removed when dropped.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("berth-creds-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// A file under the temporary directory holding `text`, removed when dropped.
+fn temp_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file
 }
 
 #[test]
 fn reads_a_launchpadlib_credentials_file() {
-    let file = TempFile::new(
+    let file = temp_file(
         "[1]\nconsumer_key = berth\nconsumer_secret = \naccess_token = TOKEN-abc\n\
          access_secret = SECRET-xyz\n",
     );
 
-    let credentials = Credentials::from_file(&file.0).unwrap();
+    let credentials = Credentials::from_file(file.path()).unwrap();
 
     assert_eq!(credentials.consumer_key, "berth");
     assert_eq!(credentials.consumer_secret, "");
@@ -693,9 +682,9 @@ fn reads_a_launchpadlib_credentials_file() {
 #[test]
 fn a_missing_key_names_the_key_and_the_file_but_no_secret() {
     let file =
-        TempFile::new("[1]\nconsumer_key = berth\nconsumer_secret = \naccess_token = TOKEN-abc\n");
+        temp_file("[1]\nconsumer_key = berth\nconsumer_secret = \naccess_token = TOKEN-abc\n");
 
-    let err = Credentials::from_file(&file.0).unwrap_err();
+    let err = Credentials::from_file(file.path()).unwrap_err();
 
     assert!(
         matches!(
@@ -709,16 +698,19 @@ fn a_missing_key_names_the_key_and_the_file_but_no_secret() {
     );
     for shown in [err.to_string(), format!("{err:?}")] {
         assert!(shown.contains("access_secret"), "{shown}");
-        assert!(shown.contains(&file.0.display().to_string()), "{shown}");
+        assert!(
+            shown.contains(&file.path().display().to_string()),
+            "{shown}"
+        );
         assert!(!shown.contains(TOKEN), "{shown}");
     }
 }
 
 #[test]
 fn a_malformed_line_is_not_echoed() {
-    let file = TempFile::new("[1]\nconsumer_key = berth\nSECRET-xyz\n");
+    let file = temp_file("[1]\nconsumer_key = berth\nSECRET-xyz\n");
 
-    let err = Credentials::from_file(&file.0).unwrap_err();
+    let err = Credentials::from_file(file.path()).unwrap_err();
 
     assert!(
         matches!(err, CredentialsError::Malformed { line: 3, .. }),
@@ -729,7 +721,8 @@ fn a_malformed_line_is_not_echoed() {
 
 #[test]
 fn a_missing_file_is_named() {
-    let path = std::env::temp_dir().join(format!("berth-none-{}", uuid::Uuid::new_v4()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials");
 
     let err = Credentials::from_file(&path).unwrap_err();
 
@@ -751,13 +744,13 @@ async fn from_config_reads_the_credentials_file() {
         )))
         .mount(&server)
         .await;
-    let file = TempFile::new(
+    let file = temp_file(
         "[1]\nconsumer_key = berth\nconsumer_secret = \naccess_token = TOKEN-abc\n\
          access_secret = SECRET-xyz\n",
     );
     let config = StoreConfig {
         api_root: server.uri(),
-        credentials_file: Some(file.0.clone()),
+        credentials_file: Some(file.path().to_owned()),
         ..StoreConfig::default()
     };
 

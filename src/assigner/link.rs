@@ -1,193 +1,77 @@
-//! The assigner's link to the broker: one connection at a time, its confirm channel for
-//! publishing and its reply queue, kept up by a reconnect loop.
-//!
-//! Each connection is a [`Session`] with a fresh epoch. When it drops, every request
-//! published on it is answered as lost (its reply would come to a reply queue that no longer
-//! exists, which makes the worker release the slot, DESIGN §3) and the loop connects again.
+//! The assigner's link to the workers, over the broker: the verbs the HTTP handlers call
+//! (`assign`, `renew`, `release`, `queue_counts`), each one whole request/reply exchange.
+//! Below it, [`connection`](super::connection) keeps one broker connection up and
+//! [`pending`](super::pending) matches replies to their requests.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
+use super::abandoned::release_loop;
+use super::connection::{Connected, LinkConfig, connection_loop};
 use super::metrics::Metrics;
 use super::pending::Pending;
-use crate::backoff::Backoff;
-use crate::broker::{self, PERSISTENT, json_properties};
-use crate::protocol::{AssignReply, Control, Names, PROTOCOL_VERSION, encode};
+use crate::protocol::{
+    AssignReply, AssignRequest, Control, Names, PROTOCOL_VERSION, RenewReply, encode,
+};
 
-/// Why a broker operation failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LinkError {
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    #[error("broker error: {0}")]
-    Amqp(#[from] lapin::Error),
+/// The shortest time an assign request stays in the queue, so that a wait of zero still
+/// gets a slot that is free right now.
+const MIN_WINDOW: Duration = Duration::from_millis(500);
+/// How long past its window an assign waits for a reply from a worker that took the request
+/// in time but is still claiming.
+const REPLY_GRACE: Duration = Duration::from_millis(500);
+/// How long a renew waits for the slot's worker.
+const RENEW_WAIT: Duration = Duration::from_secs(5);
+
+/// Why an exchange gave no answer. The cause of a broker failure is logged where it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    /// No live broker connection, the broker did not take the message, or the connection
+    /// the request went out on was lost before its reply came.
+    #[error("the broker is not reachable")]
+    BrokerDown,
+    /// Nobody answered in time: no slot came free, or the slot's worker is not running.
+    #[error("no answer in time")]
+    NoAnswer,
+    /// The assigner began to stop while the request waited.
+    #[error("the assigner is stopping")]
+    Stopping,
 }
 
-/// One live broker connection.
-pub(crate) struct Session {
-    pub(crate) epoch: u64,
-    alive: AtomicBool,
-    connection: Connection,
-    /// In confirm mode: every publish is awaited until the broker has it.
-    publisher: Channel,
-    /// Where replies come: server-named, exclusive, auto-delete.
-    pub(crate) reply_queue: String,
-    /// For passive declares, which close their channel on failure; opened again as needed.
-    inspector: Mutex<Option<Channel>>,
-    /// Slot queues declared on this connection (declared before the first publish to them).
-    declared_slots: Mutex<HashSet<String>>,
-    names: Names,
-}
-
-impl Session {
-    /// Whether this connection is still the live one. Checked after registering a request:
-    /// either the check sees the loss, or the loss handler sees the request.
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::SeqCst) && self.connection.status().connected()
-    }
-
-    /// Publishes to queue `queue` (default exchange) and waits for the broker's confirm.
-    pub(crate) async fn publish(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), LinkError> {
-        self.send(queue, body, properties).await?.await
-    }
-
-    /// Publishes to queue `queue` (default exchange); the answer is the broker's confirm
-    /// still to come (`Err` if it refuses the message or the channel goes). Await it: an
-    /// unawaited confirm stays with the channel until it closes.
-    pub(crate) async fn send(
-        &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<impl Future<Output = Result<(), LinkError>> + Send + 'static, LinkError> {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                ShortString::from(""),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await?;
-        Ok(async move {
-            if confirm.await?.is_nack() {
-                return Err(LinkError::Nacked);
-            }
-            Ok(())
-        })
-    }
-
-    /// Publishes a persistent `Release` of `slot` with `lease_token`, confirmed.
-    pub(crate) async fn publish_release(
-        &self,
-        slot: &str,
-        lease_token: &str,
-    ) -> Result<(), LinkError> {
-        self.declare_slot(slot).await?;
-        let message = Control::Release {
-            v: PROTOCOL_VERSION,
-            lease_token: lease_token.to_owned(),
-        };
-        let properties = json_properties().with_delivery_mode(PERSISTENT);
-        self.publish(&self.names.slot_queue(slot), &encode(&message), properties)
-            .await
-    }
-
-    /// Declares the control queue of `slot` once per connection, with the worker's arguments.
-    pub(crate) async fn declare_slot(&self, slot: &str) -> Result<(), LinkError> {
-        let mut declared = self.declared_slots.lock().await;
-        if !declared.contains(slot) {
-            broker::declare_slot_queue(&self.publisher, &self.names, slot).await?;
-            declared.insert(slot.to_owned());
-        }
-        Ok(())
-    }
-
-    /// Messages ready in `queue` and its consumer count, by passive declare.
-    pub(crate) async fn queue_counts(&self, queue: &str) -> Result<(u32, u32), LinkError> {
-        let mut inspector = self.inspector.lock().await;
-        let channel = match inspector.as_ref() {
-            Some(channel) if channel.status().connected() => channel.clone(),
-            _ => {
-                let channel = self.connection.create_channel().await?;
-                *inspector = Some(channel.clone());
-                channel
-            }
-        };
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await?;
-        Ok((queue.message_count(), queue.consumer_count()))
-    }
-}
-
-/// The current session, if any, shared by the handlers.
+/// The link, shared by the handlers.
 #[derive(Clone)]
 pub(crate) struct Link {
-    current: watch::Receiver<Option<Arc<Session>>>,
+    current: watch::Receiver<Option<Arc<Connected>>>,
+    pending: Arc<Pending>,
+    /// The assigner's names (queues of pools and slots).
+    names: Names,
+    /// Fires when the assigner begins to stop: waiting requests give up at once.
+    stopping: CancellationToken,
 }
 
-impl Link {
-    /// The live session, or `None` while disconnected.
-    pub(crate) fn session(&self) -> Option<Arc<Session>> {
-        self.current.borrow().clone().filter(|s| s.is_alive())
-    }
-
-    /// Waits for a live session; `None` once `cancel` fires.
-    pub(crate) async fn wait_session(&self, cancel: &CancellationToken) -> Option<Arc<Session>> {
-        let mut current = self.current.clone();
-        loop {
-            if let Some(session) = self.session() {
-                return Some(session);
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return None,
-                changed = current.changed() => if changed.is_err() { return None },
-                // A session may die without the watch changing yet; look again soon.
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    }
-}
-
-/// What the connection loop needs.
-pub(crate) struct LinkConfig {
-    pub(crate) amqp_url: String,
-    pub(crate) names: Names,
-    pub(crate) pools: Vec<String>,
-}
-
-/// Starts the connection loop and the release task; they stop when `cancel` fires.
+/// Starts the connection loop and the release loop; they stop when `cancel` fires.
+/// Waiting requests give up when `stopping` fires.
 pub(crate) fn start(
     config: LinkConfig,
-    pending: Arc<Pending>,
-    releases: mpsc::UnboundedReceiver<AssignReply>,
     metrics: Arc<Metrics>,
+    stopping: CancellationToken,
     cancel: CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
+    tracker: &TaskTracker,
 ) -> Link {
+    let (pending, releases) = Pending::new();
     let (tx, rx) = watch::channel(None);
-    let link = Link { current: rx };
-    // The connection stays open until the release task has sent what it still holds.
+    let link = Link {
+        current: rx,
+        pending: Arc::clone(&pending),
+        names: config.names.clone(),
+        stopping,
+    };
+    // The connection stays open until the release loop has sent what it still holds.
     let releases_done = CancellationToken::new();
     tracker.spawn(connection_loop(
         config,
@@ -206,185 +90,178 @@ pub(crate) fn start(
     link
 }
 
-async fn connection_loop(
-    config: LinkConfig,
-    pending: Arc<Pending>,
-    current: watch::Sender<Option<Arc<Session>>>,
-    cancel: CancellationToken,
-    releases_done: CancellationToken,
-) {
-    let mut epoch = 0;
-    let mut backoff = Backoff::new(Duration::from_millis(100), broker::RECONNECT_MAX);
-    loop {
-        let name = format!(
-            "berth-assigner-{}-{}",
-            config.names.namespace(),
-            std::process::id()
-        );
-        let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &name, &cancel).await
-        else {
-            break;
-        };
-        epoch += 1;
-        match open_session(&config, connection, epoch).await {
-            Ok((session, replies)) => {
-                backoff.reset();
-                tracing::info!(epoch, "connected to the broker");
-                current.send_replace(Some(Arc::clone(&session)));
-                serve_replies(&session, replies, &pending, &cancel).await;
-                if cancel.is_cancelled() {
-                    let _ = tokio::time::timeout(DRAIN, releases_done.cancelled()).await;
-                }
-                session.alive.store(false, Ordering::SeqCst);
-                current.send_replace(None);
-                pending.fail_through(epoch);
-                if cancel.is_cancelled() {
-                    let _ = session
-                        .connection
-                        .close(200, "assigner stopping".into())
-                        .await;
-                    break;
-                }
-                tracing::warn!(epoch, "lost the broker connection; reconnecting");
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot set up the broker session; retrying"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
+impl Link {
+    /// The live connection, or `None` while disconnected.
+    pub(crate) fn connected(&self) -> Option<Arc<Connected>> {
+        self.current.borrow().clone().filter(|c| c.is_alive())
     }
-}
 
-async fn open_session(
-    config: &LinkConfig,
-    connection: Connection,
-    epoch: u64,
-) -> Result<(Arc<Session>, lapin::Consumer), LinkError> {
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    broker::declare_common(&publisher, &config.names).await?;
-    for pool in &config.pools {
-        broker::declare_pool_queue(&publisher, &config.names, pool).await?;
+    /// Whether a broker connection is up.
+    pub(crate) fn is_up(&self) -> bool {
+        self.connected().is_some()
     }
-    let reply_channel = connection.create_channel().await?;
-    // No acks: a reply is acted on (handed out or released) as soon as it arrives, and if
-    // this process dies the exclusive queue goes with it.
-    let (reply_queue, replies) = broker::private_queue(&reply_channel).await?;
-    let session = Session {
-        epoch,
-        alive: AtomicBool::new(true),
-        connection,
-        publisher,
-        reply_queue,
-        inspector: Mutex::new(None),
-        declared_slots: Mutex::new(HashSet::new()),
-        names: config.names.clone(),
-    };
-    Ok((Arc::new(session), replies))
-}
 
-/// Hands replies to their requests until the connection drops or `cancel` fires.
-async fn serve_replies(
-    session: &Session,
-    mut replies: lapin::Consumer,
-    pending: &Pending,
-    cancel: &CancellationToken,
-) {
-    let mut events = session.connection.events_listener();
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            event = events.next() => {
-                if let Some(lapin::Event::Error(err)) = event {
-                    tracing::warn!(error = %err, "broker connection error");
-                    return;
-                }
-            }
-            delivery = replies.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    let correlation = delivery.properties.correlation_id().as_ref().map(|c| c.as_str());
-                    pending.deliver(correlation, &delivery.data);
-                }
-                Some(Err(err)) => {
-                    tracing::warn!(error = %err, "reply consumer failed");
-                    return;
-                }
-                None => return,
-            }
-        }
+    /// How many assigns are waiting for a slot.
+    pub(crate) fn waiting_assigns(&self) -> usize {
+        self.pending.waiting_acquires()
     }
-}
 
-/// Releases the slots of replies nobody could take, retrying across reconnects. On shutdown
-/// it sends what it still holds (each try bounded) before the connection closes; a release
-/// lost even so is bounded by the slot's lease.
-async fn release_loop(
-    link: Link,
-    mut releases: mpsc::UnboundedReceiver<AssignReply>,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-    done: CancellationToken,
-) {
-    let _done = done.drop_guard();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut unsent = Vec::new();
-    'replies: loop {
-        let reply = tokio::select! {
-            _ = cancel.cancelled() => break,
-            reply = releases.recv() => match reply {
-                Some(reply) => reply,
-                None => return,
-            },
-        };
-        metrics.abandoned_reply();
+    /// Waits for a live connection; `None` once `cancel` fires.
+    pub(crate) async fn wait_connected(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Option<Arc<Connected>> {
+        let mut current = self.current.clone();
         loop {
-            let Some(session) = link.wait_session(&cancel).await else {
-                unsent.push(reply);
-                break 'replies;
-            };
-            match release(&session, &reply).await {
-                Ok(()) => {
-                    backoff.reset();
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(slot = %reply.slot, error = %err, "could not release; retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => {
-                            unsent.push(reply);
-                            break 'replies;
-                        }
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+            if let Some(connected) = self.connected() {
+                return Some(connected);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                changed = current.changed() => if changed.is_err() { return None },
+                // A connection may die without the watch changing yet; look again soon.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// Asks a free worker of `pool` for a slot for `owner`, waiting up to `wait` for one
+    /// to come free (at least [`MIN_WINDOW`]); the first reply is the answer, any other one
+    /// is released.
+    pub(crate) async fn assign(
+        &self,
+        request_id: Uuid,
+        pool: &str,
+        owner: &str,
+        lease_secs: u64,
+        wait: Duration,
+    ) -> Result<AssignReply, ExchangeError> {
+        if self.stopping.is_cancelled() {
+            return Err(ExchangeError::Stopping);
+        }
+        let connected = self.connected().ok_or(ExchangeError::BrokerDown)?;
+        let window = wait.max(MIN_WINDOW);
+        let give_up = tokio::time::Instant::now() + window + REPLY_GRACE;
+        // Registered before publishing: the reply may come back before the confirm does.
+        let mut ticket = self
+            .pending
+            .register::<AssignReply>(request_id, connected.epoch);
+        if !connected.is_alive() {
+            return Err(ExchangeError::BrokerDown);
+        }
+        let message = AssignRequest {
+            v: PROTOCOL_VERSION,
+            request_id,
+            pool: pool.to_owned(),
+            owner: owner.to_owned(),
+            lease_secs,
+            deadline: chrono::Utc::now() + window,
+        };
+        // Not persistent: a request lives only as long as its assigner's connection, which
+        // is also where its reply would come; after a broker restart the client hears `503`
+        // and asks again, and a request kept on disk would only claim a slot for nobody.
+        let confirm = connected
+            .send(
+                &self.names.assign_queue(pool),
+                &encode(&message),
+                connected.request_properties(request_id, window),
+            )
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "could not publish the assign request");
+                ExchangeError::BrokerDown
+            })?;
+        // The confirm and the reply are awaited together: a reply proves the broker had the
+        // request, so the client need not wait for the confirm as well.
+        let mut confirm = Box::pin(confirm);
+        let mut confirmed = false;
+        let outcome = loop {
+            tokio::select! {
+                reply = ticket.reply() => break reply.map_err(|_| ExchangeError::BrokerDown),
+                result = &mut confirm, if !confirmed => match result {
+                    Ok(()) => confirmed = true,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the broker did not take the assign request");
+                        break Err(ExchangeError::BrokerDown);
                     }
-                }
+                },
+                _ = tokio::time::sleep_until(give_up) => break Err(ExchangeError::NoAnswer),
+                _ = self.stopping.cancelled() => break Err(ExchangeError::Stopping),
+            }
+        };
+        if !confirmed {
+            tokio::spawn(async move {
+                let _ = confirm.await;
+            });
+        }
+        outcome
+    }
+
+    /// Asks the worker of `slot` to extend the lease of `lease_token` to `lease_secs` from
+    /// now; [`ExchangeError::NoAnswer`] when it does not answer within [`RENEW_WAIT`].
+    pub(crate) async fn renew(
+        &self,
+        slot: &str,
+        lease_token: String,
+        lease_secs: u64,
+    ) -> Result<RenewReply, ExchangeError> {
+        let connected = self.connected().ok_or(ExchangeError::BrokerDown)?;
+        let request_id = Uuid::new_v4();
+        let mut ticket = self
+            .pending
+            .register::<RenewReply>(request_id, connected.epoch);
+        if !connected.is_alive() {
+            return Err(ExchangeError::BrokerDown);
+        }
+        let broker_down = |err| {
+            tracing::warn!(error = %err, "could not publish the renew request");
+            ExchangeError::BrokerDown
+        };
+        connected.declare_slot(slot).await.map_err(broker_down)?;
+        let message = Control::Renew {
+            v: PROTOCOL_VERSION,
+            request_id,
+            lease_token,
+            lease_secs,
+        };
+        connected
+            .publish(
+                &self.names.slot_queue(slot),
+                &encode(&message),
+                connected.request_properties(request_id, RENEW_WAIT),
+            )
+            .await
+            .map_err(broker_down)?;
+        tokio::select! {
+            reply = ticket.reply() => reply.map_err(|_| ExchangeError::BrokerDown),
+            _ = tokio::time::sleep(RENEW_WAIT) => Err(ExchangeError::NoAnswer),
+            _ = self.stopping.cancelled() => Err(ExchangeError::Stopping),
+        }
+    }
+
+    /// Hands a release of `slot` with `lease_token` to the broker, persistent and confirmed:
+    /// once this answers `Ok` it is never lost, even while the slot's worker is down.
+    pub(crate) async fn release(&self, slot: &str, lease_token: &str) -> Result<(), ExchangeError> {
+        let connected = self.connected().ok_or(ExchangeError::BrokerDown)?;
+        connected
+            .publish_release(slot, lease_token)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "could not publish the release");
+                ExchangeError::BrokerDown
+            })
+    }
+
+    /// Requests waiting in the assign queue of `pool`, and its consumers; `None` while
+    /// disconnected or when the broker does not say (logged).
+    pub(crate) async fn queue_counts(&self, pool: &str) -> Option<(u32, u32)> {
+        let connected = self.connected()?;
+        match connected.queue_counts(&self.names.assign_queue(pool)).await {
+            Ok(counts) => Some(counts),
+            Err(err) => {
+                tracing::warn!(pool = %pool, error = %err, "could not inspect the pool queue");
+                None
             }
         }
     }
-    while let Ok(reply) = releases.try_recv() {
-        unsent.push(reply);
-    }
-    for reply in unsent {
-        match link.session() {
-            Some(session) => {
-                let _ = tokio::time::timeout(DRAIN, release(&session, &reply)).await;
-            }
-            None => tracing::warn!(slot = %reply.slot,
-                "stopping without the broker; this slot comes back when its lease expires"),
-        }
-    }
 }
-
-async fn release(session: &Session, reply: &AssignReply) -> Result<(), LinkError> {
-    session
-        .publish_release(&reply.slot, &reply.lease_token)
-        .await?;
-    tracing::info!(slot = %reply.slot, request_id = %reply.request_id,
-        "released a slot that could not be handed out");
-    Ok(())
-}
-
-/// How long shutdown waits for outstanding releases.
-const DRAIN: Duration = Duration::from_secs(3);

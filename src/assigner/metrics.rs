@@ -4,9 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
 
 /// Upper bounds (seconds) of the acquire latency buckets.
 const BUCKETS: [f64; 12] = [
@@ -97,6 +103,35 @@ impl Metrics {
         let _ = writeln!(out, "berth_broker_up {}", u8::from(broker_up));
         out
     }
+}
+
+/// The `endpoint` label of the slot API's routes; the other routes are not counted.
+fn endpoint(route: &str) -> Option<&'static str> {
+    match route {
+        "/v1/pools/{pool}/acquire" => Some("acquire"),
+        "/v1/slots/{slot}/renew" => Some("renew"),
+        "/v1/slots/{slot}/release" => Some("release"),
+        _ => None,
+    }
+}
+
+/// Middleware counting every answer of the slot API (all `POST`) by endpoint and status
+/// code, and timing acquires.
+pub(crate) async fn record_answers(
+    State(metrics): State<Arc<Metrics>>,
+    route: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let endpoint = route
+        .filter(|_| request.method() == Method::POST)
+        .and_then(|route| endpoint(route.as_str()));
+    let started = Instant::now();
+    let response = next.run(request).await;
+    if let Some(endpoint) = endpoint {
+        metrics.record(endpoint, response.status().as_u16(), started.elapsed());
+    }
+    response
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

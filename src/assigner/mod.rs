@@ -6,13 +6,14 @@
 //! [`Application::build`] binds the listener (port 0 in tests) and starts the broker link in
 //! the background; [`Application::run_until`] serves until a cancellation token fires.
 
+mod abandoned;
 mod api;
+mod connection;
 mod error;
 mod link;
 mod metrics;
 mod pending;
 mod routes;
-mod signal;
 mod status;
 pub mod supervise;
 
@@ -27,21 +28,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigArgs};
-use crate::protocol::Names;
 use crate::store::{LaunchpadStore, SlotStore};
 
-pub use signal::shutdown_token;
-
 /// How long shutdown waits for open HTTP requests, then for the broker link to close.
-const DRAIN: Duration = Duration::from_secs(10);
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// What every handler shares.
 pub(crate) struct AppState {
     config: Arc<Config>,
-    names: Names,
     store: Arc<dyn SlotStore>,
     link: link::Link,
-    pending: Arc<pending::Pending>,
     status: status::StatusCache,
     metrics: Arc<metrics::Metrics>,
     /// Fires when the assigner begins to stop: waiting requests answer `503` at once.
@@ -64,32 +60,28 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
-        let names = config.names();
         let metrics = Arc::new(metrics::Metrics::default());
-        let (pending, releases) = pending::Pending::new();
         let tracker = TaskTracker::new();
+        let shutdown = CancellationToken::new();
         let link_stop = CancellationToken::new();
         let link = link::start(
-            link::LinkConfig {
+            connection::LinkConfig {
                 amqp_url: config.broker_url(),
-                names: names.clone(),
+                names: config.names(),
                 pools: config.pools.iter().map(|p| p.name.clone()).collect(),
             },
-            Arc::clone(&pending),
-            releases,
             Arc::clone(&metrics),
+            shutdown.clone(),
             link_stop.clone(),
             &tracker,
         );
         let state = Arc::new(AppState {
             status: status::StatusCache::new(Arc::clone(&store), Arc::clone(&config)),
             config,
-            names,
             store,
             link,
-            pending,
             metrics,
-            shutdown: CancellationToken::new(),
+            shutdown,
         });
         Ok(Application {
             listener,
@@ -127,7 +119,7 @@ impl Application {
             tokio::pin!(serve);
             tokio::select! {
                 result = &mut serve => Some(result),
-                _ = async { shutdown.cancelled().await; tokio::time::sleep(DRAIN).await } => None,
+                _ = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_DRAIN).await } => None,
             }
         };
         if drained.is_none() {
@@ -135,7 +127,7 @@ impl Application {
         }
         self.link_stop.cancel();
         self.tracker.close();
-        if tokio::time::timeout(DRAIN, self.tracker.wait())
+        if tokio::time::timeout(SHUTDOWN_DRAIN, self.tracker.wait())
             .await
             .is_err()
         {
@@ -166,7 +158,7 @@ pub async fn run_cli(args: AssignerArgs) -> anyhow::Result<ExitCode> {
         config.listen = listen;
     }
     config.supervise |= args.supervise;
-    let cancel = shutdown_token();
+    let cancel = crate::shutdown::signal();
     serve(config, args.config.config.clone(), cancel).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -32,13 +32,10 @@ pub struct FakeLaunchpadArgs {
 /// Runs `berth fake-launchpad` until Ctrl-C or SIGTERM, then shuts down gracefully.
 pub async fn run_cli(args: FakeLaunchpadArgs) -> anyhow::Result<ExitCode> {
     let credentials = match &args.credentials {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading credentials file {}", path.display()))?;
-            let credentials = FakeCredentials::from_launchpadlib(&text)
-                .with_context(|| format!("credentials file {}", path.display()))?;
-            Some(credentials)
-        }
+        Some(path) => Some(
+            FakeCredentials::from_file(path)
+                .with_context(|| format!("credentials file {}", path.display()))?,
+        ),
         None => None,
     };
     let config = FakeConfig {
@@ -61,26 +58,8 @@ pub async fn run_cli(args: FakeLaunchpadArgs) -> anyhow::Result<ExitCode> {
         "fake Launchpad listening on {root} serving ~{owner}: {}",
         urls.join(" ")
     );
-    shutdown_signal().await?;
+    crate::shutdown::signal().cancelled().await;
     tracing::info!("shutting down the fake Launchpad");
     fake.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Resolves on the first Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    Ok(())
 }

@@ -1,6 +1,6 @@
 //! Checking the OAuth 1.0 PLAINTEXT `Authorization` header that writes must carry, the way
 //! launchpadlib sends it (see docs/launchpad.md). The fake only verifies: it never
-//! signs, so it does not share code with the store client.
+//! signs, so it shares only the credentials-file parser with the store client.
 
 use std::collections::HashMap;
 

@@ -2,7 +2,7 @@
 //! tests and for fake workers that exercise the assigner without any Launchpad.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,6 +40,12 @@ impl MemoryStore {
         store
     }
 
+    /// The state. A panic while it was held leaves it as consistent as any single step
+    /// does, so a poisoned lock is taken over rather than failing every later call.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Makes every call take `latency` first.
     pub fn with_latency(mut self, latency: Duration) -> Self {
         self.latency = latency;
@@ -48,7 +54,7 @@ impl MemoryStore {
 
     /// Adds (or replaces) PPA `name` with `description`.
     pub fn insert(&self, name: &str, description: &str) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         inner.next_etag += 1;
         let archive = Archive {
             name: name.to_owned(),
@@ -61,7 +67,7 @@ impl MemoryStore {
 
     /// Adds a published source to PPA `name`, as an upload would.
     pub fn add_upload(&self, name: &str, package: &str, version: &str) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         inner.next_source += 1;
         let source = SourcePublication {
             self_link: format!("{}/+sourcepub/{}", self.link(name), inner.next_source),
@@ -92,7 +98,7 @@ impl MemoryStore {
 impl SlotStore for MemoryStore {
     async fn archive(&self, name: &str) -> Result<Archive, StoreError> {
         self.delay().await;
-        let inner = self.inner.lock().unwrap();
+        let inner = self.lock();
         inner
             .archives
             .get(name)
@@ -107,7 +113,7 @@ impl SlotStore for MemoryStore {
         description: &str,
     ) -> Result<Archive, StoreError> {
         self.delay().await;
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         inner.next_etag += 1;
         let next = format!("\"mem-{}\"", inner.next_etag);
         let archive = inner
@@ -124,14 +130,7 @@ impl SlotStore for MemoryStore {
 
     async fn archives(&self) -> Result<Vec<Archive>, StoreError> {
         self.delay().await;
-        Ok(self
-            .inner
-            .lock()
-            .unwrap()
-            .archives
-            .values()
-            .cloned()
-            .collect())
+        Ok(self.lock().archives.values().cloned().collect())
     }
 
     async fn published_sources(
@@ -140,7 +139,7 @@ impl SlotStore for MemoryStore {
         status: &str,
     ) -> Result<Vec<SourcePublication>, StoreError> {
         self.delay().await;
-        let inner = self.inner.lock().unwrap();
+        let inner = self.lock();
         if !inner.archives.contains_key(name) {
             return Err(StoreError::NotFound(name.to_owned()));
         }
@@ -158,7 +157,7 @@ impl SlotStore for MemoryStore {
 
     async fn request_deletion(&self, source_self_link: &str) -> Result<(), StoreError> {
         self.delay().await;
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         let source = inner
             .sources
             .values_mut()

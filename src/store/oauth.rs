@@ -72,7 +72,9 @@ impl Credentials {
 
     /// Parses the file's text the way Python's `ConfigParser` reads it (the subset
     /// launchpadlib writes): `#`/`;` comment lines, `=` or `:` separators, keys in any case.
-    fn parse(text: &str) -> Result<Credentials, CredentialsError> {
+    /// Errors name no file; [`Credentials::from_file`] fills it in. The fake Launchpad reads
+    /// its `--credentials` file with this parser too.
+    pub(crate) fn parse(text: &str) -> Result<Credentials, CredentialsError> {
         let mut section: Option<&str> = None;
         let mut seen_section = false;
         let mut values: [Option<String>; 4] = Default::default();
@@ -125,14 +127,19 @@ impl Credentials {
             }),
             Some(v) => Ok(v),
         };
+        // The keys that must not be empty first, then the consumer secret (empty as
+        // launchpadlib writes it, but present).
+        let consumer_key = required(consumer_key, KEYS[0])?;
+        let token = required(token, KEYS[2])?;
+        let token_secret = required(token_secret, KEYS[3])?;
         Ok(Credentials {
-            consumer_key: required(consumer_key, KEYS[0])?,
+            consumer_key,
             consumer_secret: consumer_secret.ok_or(CredentialsError::MissingKey {
                 path: PathBuf::new(),
                 key: KEYS[1],
             })?,
-            token: required(token, KEYS[2])?,
-            token_secret: required(token_secret, KEYS[3])?,
+            token,
+            token_secret,
         })
     }
 

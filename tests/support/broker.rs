@@ -1,36 +1,34 @@
 //! A private RabbitMQ node for tests that stop or restart the broker: its own node name,
 //! ports and data directory, never the shared broker on 5672.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::process::free_port;
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
 /// A RabbitMQ node run in the foreground as a child process.
 pub struct PrivateBroker {
-    dir: PathBuf,
+    /// Its data, logs and config; removed when dropped, after the node has stopped.
+    dir: TempDir,
     name: String,
     pub port: u16,
     dist_port: u16,
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl PrivateBroker {
     /// Starts a fresh node and waits until it accepts connections.
     pub fn start() -> PrivateBroker {
         let name = format!("berth-{}", uuid::Uuid::new_v4().simple());
-        let dir = std::env::temp_dir().join(&name);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir()
+            .unwrap();
         let mut broker = PrivateBroker {
             dir,
             name,
@@ -42,6 +40,10 @@ impl PrivateBroker {
         broker
     }
 
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
@@ -51,20 +53,20 @@ impl PrivateBroker {
             std::path::Path::new(SERVER).exists(),
             "{SERVER} is missing: install Debian's rabbitmq-server (deploy/ensure-rabbitmq.sh)"
         );
-        let log = std::fs::File::create(self.dir.join("server.out")).unwrap();
+        let log = std::fs::File::create(self.dir().join("server.out")).unwrap();
         let child = Command::new(SERVER)
             .env("RABBITMQ_NODENAME", format!("{}@localhost", self.name))
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
             .env("RABBITMQ_NODE_PORT", self.port.to_string())
             .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_MNESIA_BASE", self.dir().join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir().join("log"))
             .env(
                 "RABBITMQ_ENABLED_PLUGINS_FILE",
-                self.dir.join("enabled_plugins"),
+                self.dir().join("enabled_plugins"),
             )
-            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq"))
-            .current_dir(&self.dir)
+            .env("RABBITMQ_CONFIG_FILE", self.dir().join("rabbitmq"))
+            .current_dir(self.dir())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -81,7 +83,8 @@ impl PrivateBroker {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                let out = std::fs::read_to_string(self.dir.join("server.out")).unwrap_or_default();
+                let out =
+                    std::fs::read_to_string(self.dir().join("server.out")).unwrap_or_default();
                 panic!("private broker exited with {status} before it was ready:\n{out}");
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -117,7 +120,7 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
+        // The directory goes with the `TempDir` field, after this.
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

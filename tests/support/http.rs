@@ -1,0 +1,81 @@
+//! HTTP calls to the assigner and what they answer.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::namespace::POOL;
+use super::wait::wait_for;
+
+/// An HTTP answer: status, `Retry-After`, JSON body (or `Null`) and raw text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub retry_after: Option<String>,
+    pub json: Value,
+    pub text: String,
+}
+
+pub async fn post(http: &reqwest::Client, url: &str, body: Value) -> Answer {
+    answer(http.post(url).json(&body).send().await.expect("HTTP call")).await
+}
+
+pub async fn get(http: &reqwest::Client, url: &str) -> Answer {
+    answer(http.get(url).send().await.expect("HTTP call")).await
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Answer {
+        status,
+        retry_after,
+        json,
+        text,
+    }
+}
+
+/// Waits until `base/readyz` answers 200.
+pub async fn wait_ready(base: &str, within: Duration) {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/readyz");
+    wait_for(&format!("{url} to answer 200"), within, || {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            match http.get(&url).timeout(Duration::from_secs(1)).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await;
+}
+
+/// Acquires a slot of `ppa` at `base`, waiting up to `wait_secs`; panics unless `200`.
+pub async fn acquire_ok(http: &reqwest::Client, base: &str, owner: &str, wait_secs: u64) -> Value {
+    let a = post(
+        http,
+        &format!("{base}/v1/pools/{POOL}/acquire"),
+        json!({"owner": owner, "wait_secs": wait_secs}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "acquire for {owner}: {}", a.text);
+    a.json
+}
+
+/// The value of an unlabelled metric in `/metrics`.
+pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = get(http, &format!("{base}/metrics")).await.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}

@@ -1,0 +1,96 @@
+//! A namespace of queue names per test on the shared broker: the test's configuration,
+//! and the broker-side helpers that work in it.
+
+use std::net::SocketAddr;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use uuid::Uuid;
+
+use berth::config::{Config, PoolConfig};
+use berth::protocol::{Control, Names, PROTOCOL_VERSION, encode};
+
+pub const POOL: &str = "ppa";
+
+pub fn amqp_url() -> String {
+    std::env::var("BERTH_AMQP_URL").unwrap_or_else(|_| berth::config::DEFAULT_AMQP_URL.into())
+}
+
+/// A configuration in a fresh namespace, listening on port 0, with one pool `ppa` of `slots`.
+pub fn config(slots: &[&str]) -> Config {
+    Config {
+        namespace: format!("t-{}", Uuid::new_v4().simple()),
+        amqp_url: amqp_url(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        pools: vec![PoolConfig {
+            name: POOL.into(),
+            slots: slots.iter().map(|s| s.to_string()).collect(),
+        }],
+        ..Config::default()
+    }
+}
+
+/// Slot names `s-1` … `s-n`.
+pub fn slot_names(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("s-{i}")).collect()
+}
+
+/// Publishes a `Release` straight to a slot's control queue, as a worker would receive it
+/// (for fake workers, whose store the assigner cannot read).
+pub async fn release_direct(names: &Names, slot: &str, token: &str) {
+    let conn = berth::broker::connect(&amqp_url(), "berth-test")
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    berth::broker::declare_slot_queue(&channel, names, slot)
+        .await
+        .unwrap();
+    let body = encode(&Control::Release {
+        v: PROTOCOL_VERSION,
+        lease_token: token.into(),
+    });
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            names.slot_queue(slot).into(),
+            BasicPublishOptions::default(),
+            &body,
+            berth::broker::json_properties().with_delivery_mode(berth::broker::PERSISTENT),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let _ = conn.close(200, "done".into()).await;
+}
+
+/// Deletes the queues and exchange of `config`'s namespace (best effort).
+pub async fn delete_queues(config: &Config) {
+    let Ok(conn) = berth::broker::connect(&config.amqp_url, "berth-test-cleanup").await else {
+        return;
+    };
+    let names = config.names();
+    let mut queues = vec![names.dead_queue()];
+    for pool in &config.pools {
+        queues.push(names.assign_queue(&pool.name));
+        queues.extend(pool.slots.iter().map(|s| names.slot_queue(s)));
+    }
+    for queue in queues {
+        // A failed delete closes the channel: use one per queue.
+        if let Ok(channel) = conn.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await;
+        }
+    }
+    if let Ok(channel) = conn.create_channel().await {
+        let _ = channel
+            .exchange_delete(names.events_exchange().into(), Default::default())
+            .await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
