@@ -1,7 +1,10 @@
-//! The chaos test (DESIGN §7): the real processes — an assigner, one worker process per slot,
-//! the fake Launchpad and a private RabbitMQ node behind a TCP proxy — under many concurrent
-//! clients, while a fault schedule kills processes, restarts the broker, cuts and stalls
-//! connections and makes the store fail. A checker counts violations of invariants 1–5.
+//! The chaos test (DESIGN §7): the real processes — an assigner, one worker process per slot
+//! (and a standby worker process for the first few slots), the fake Launchpad and a private
+//! RabbitMQ node behind a TCP proxy — under many concurrent clients, while a fault schedule
+//! kills processes, pauses the worker that holds a slot lock (SIGSTOP, often while it
+//! cleans), restarts the broker, cuts and stalls connections and makes the store fail. A
+//! checker counts violations of invariants 1–5, and of fencing: no deletion may reach a slot
+//! while a client holds it.
 //!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
@@ -23,6 +26,10 @@ use support::broker::PrivateBroker;
 use support::proxy::Proxy;
 
 const SLOTS: usize = 6;
+/// The first `STANDBYS` slots have a second worker process standing by for the lock.
+const STANDBYS: usize = 3;
+/// The AMQP heartbeat of every process: a paused lock holder loses its lock after about two.
+const HEARTBEAT_SECS: u64 = 2;
 const CLIENTS: usize = 12;
 const POOL: &str = "ppa";
 
@@ -78,6 +85,13 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Sends `signal` (`STOP`, `CONT`, …).
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status();
+    }
 }
 
 impl Drop for Proc {
@@ -92,6 +106,7 @@ struct Stack {
     config: PathBuf,
     assigner: Option<Proc>,
     workers: Vec<Option<Proc>>,
+    standbys: Vec<Option<Proc>>,
 }
 
 impl Stack {
@@ -106,15 +121,47 @@ impl Stack {
     }
 
     fn start_worker(&mut self, i: usize) {
+        self.workers[i] = Some(self.spawn_worker(i, ""));
+    }
+
+    fn start_standby(&mut self, i: usize) {
+        self.standbys[i] = Some(self.spawn_worker(i, "-standby"));
+    }
+
+    fn spawn_worker(&self, i: usize, suffix: &str) -> Proc {
         let config = self.config.to_str().unwrap().to_owned();
         let slot = format!("ppa-{}", i + 1);
-        let log = self.dir.join(format!("worker-{slot}.log"));
-        let proc = Proc::spawn(
+        let log = self.worker_log(i, suffix);
+        Proc::spawn(
             &bin("berth-worker"),
             &["--config", &config, "--slot", &slot],
             &log,
-        );
-        self.workers[i] = Some(proc);
+        )
+    }
+
+    fn worker_log(&self, i: usize, suffix: &str) -> PathBuf {
+        self.dir.join(format!("worker-ppa-{}{suffix}.log", i + 1))
+    }
+
+    /// The worker process of slot `i` that holds its lock, by what their logs said last: the
+    /// one whose latest lock line is a takeover.
+    fn lock_holder(&self, i: usize) -> Option<&Proc> {
+        let holds = |suffix: &str| {
+            let log = std::fs::read_to_string(self.worker_log(i, suffix)).unwrap_or_default();
+            let took = log.rfind("took the slot over");
+            let lost = ["standing by", "lost the broker", "fenced", "starting slots"]
+                .iter()
+                .filter_map(|line| log.rfind(line))
+                .max();
+            took.is_some() && took > lost
+        };
+        if holds("") {
+            self.workers[i].as_ref()
+        } else if holds("-standby") {
+            self.standbys[i].as_ref()
+        } else {
+            None
+        }
     }
 }
 
@@ -391,9 +438,10 @@ enum Fault {
     Store5xx,
     StoreSlow,
     Store412,
+    StallWorker,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 9] = [
     Fault::KillWorker,
     Fault::KillAssigner,
     Fault::BrokerRestart,
@@ -402,6 +450,7 @@ const FAULTS: [Fault; 8] = [
     Fault::Store5xx,
     Fault::StoreSlow,
     Fault::Store412,
+    Fault::StallWorker,
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +471,8 @@ async fn invariants_hold_under_faults() {
         "127.0.0.1:0".parse().unwrap(),
         FakeConfig {
             ppas: SLOTS,
-            deletion_delay: Duration::from_millis(50),
+            // Long enough that a cleaning is often under way when its worker is paused.
+            deletion_delay: Duration::from_millis(300),
             ..FakeConfig::default()
         },
     )
@@ -445,8 +495,10 @@ async fn invariants_hold_under_faults() {
         format!(
             r#"
 amqp_url = "amqp://guest:guest@{proxy}/%2f"
+heartbeat_secs = {HEARTBEAT_SECS}
 namespace = "chaos"
 listen = "127.0.0.1:{port}"
+min_lease_secs = 1
 default_lease_secs = 5
 default_wait_secs = 5
 max_wait_secs = 10
@@ -481,10 +533,15 @@ slots = [{slots}]
         config,
         assigner: None,
         workers: vec![],
+        standbys: vec![],
     };
     stack.workers.resize_with(SLOTS, || None);
+    stack.standbys.resize_with(STANDBYS, || None);
     for i in 0..SLOTS {
         stack.start_worker(i);
+    }
+    for i in 0..STANDBYS {
+        stack.start_standby(i);
     }
     stack.start_assigner();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -512,6 +569,7 @@ slots = [{slots}]
 
     // The fault schedule.
     let mut injected: BTreeMap<String, u32> = BTreeMap::new();
+    let mut stalls = 0u32;
     let mut max_recovery = Duration::ZERO;
     let mut kinds = FAULTS.to_vec();
     while Instant::now() + Duration::from_secs(4) < stop {
@@ -524,11 +582,45 @@ slots = [{slots}]
         match fault {
             Fault::KillWorker => {
                 let i = rng.random_range(0..SLOTS);
-                if let Some(mut w) = stack.workers[i].take() {
+                let standby = i < STANDBYS && rng.random_bool(0.5);
+                let victim = if standby {
+                    &mut stack.standbys[i]
+                } else {
+                    &mut stack.workers[i]
+                };
+                if let Some(mut w) = victim.take() {
                     w.kill();
                 }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
-                stack.start_worker(i);
+                if standby {
+                    stack.start_standby(i);
+                } else {
+                    stack.start_worker(i);
+                }
+            }
+            Fault::StallWorker => {
+                // Pause the lock holder of a slot that has a standby, half of the time while
+                // it cleans, for longer than two heartbeats: the standby takes the slot over,
+                // and the paused one must touch nothing when it wakes.
+                let i = rng.random_range(0..STANDBYS);
+                if rng.random_bool(0.5) {
+                    let ppa = format!("ppa-{}", i + 1);
+                    wait_until(Duration::from_secs(4), || {
+                        let dirty = fake
+                            .description(&ppa)
+                            .and_then(|d| parse_description(&d).record)
+                            .is_some_and(|r| r.state == SlotState::Dirty);
+                        async move { dirty }
+                    })
+                    .await;
+                }
+                if let Some(holder) = stack.lock_holder(i) {
+                    holder.signal("STOP");
+                    let pause = HEARTBEAT_SECS * 1000 * 2 + rng.random_range(1000..3000);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    holder.signal("CONT");
+                    stalls += 1;
+                }
             }
             Fault::KillAssigner => {
                 if let Some(mut a) = stack.assigner.take() {
@@ -605,6 +697,7 @@ slots = [{slots}]
     check_history(&fake, &mut tally);
     check_cleaned(&fake, &mut tally).await;
     check_overlaps(&mut tally);
+    check_deletions(&fake, &mut tally);
 
     let faults = injected
         .iter()
@@ -616,12 +709,15 @@ slots = [{slots}]
         eprintln!("violation: {v}");
     }
     println!(
-        "chaos: acquires={} releases={} expiries={} faults={} ({}) max_recovery_ms={} violations={}",
+        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} takeovers={} deletions={} max_recovery_ms={} violations={}",
         tally.acquires,
         tally.releases,
         count_expiries(&fake),
         total,
         faults,
+        stalls,
+        count_takeovers(&fake),
+        fake.deletions().len(),
         max_recovery.as_millis(),
         tally.violations.len()
     );
@@ -673,6 +769,46 @@ fn check_overlaps(tally: &mut Tally) {
         }
     }
     tally.violations.extend(found);
+}
+
+/// Fencing: no deletion reached a slot while a client held it (a paused or cut-off worker
+/// that woke up still believing it held the slot lock would have sent one).
+fn check_deletions(fake: &FakeLaunchpad, tally: &mut Tally) {
+    let mut found = Vec::new();
+    for deletion in fake.deletions() {
+        let at = instant_of(deletion.at);
+        for h in tally.held.iter().filter(|h| h.slot == deletion.ppa) {
+            if h.from < at && at < h.until {
+                found.push(format!(
+                    "fencing: deletion of {} {} (created {}) requested on {} while {} held it ({:?} into its hold)",
+                    deletion.package,
+                    deletion.version,
+                    deletion.date_created,
+                    deletion.ppa,
+                    h.owner,
+                    at - h.from
+                ));
+            }
+        }
+    }
+    tally.violations.extend(found);
+}
+
+/// How many times a worker took a slot over (raised the lock epoch) after the start.
+fn count_takeovers(fake: &FakeLaunchpad) -> usize {
+    let mut epochs: HashMap<String, u64> = HashMap::new();
+    let mut n = 0;
+    for write in fake.history() {
+        let Some(record) = parse_description(&write.description).record else {
+            continue;
+        };
+        if let Some(before) = epochs.insert(write.ppa.clone(), record.epoch)
+            && record.epoch > before
+        {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Invariant 3, the cleaning half: once every slot is free, no PPA holds a live upload.
