@@ -621,3 +621,32 @@ async fn zero_and_huge_lease_lengths_are_clamped() {
     workers.stop().await;
     client.cleanup().await;
 }
+
+/// Leases are given whole: a store that takes 1.5 s for every call made a claim write eat
+/// 1.5 s of the lease before its reply went out. A slow claim write is now followed by one
+/// that restarts the lease, so the holder gets the length it asked for, from the reply on.
+#[tokio::test]
+async fn a_slow_store_does_not_eat_into_the_lease_handed_out() {
+    let config = config(&["ppa-1"]);
+    let store = MemoryStore::new("berth-ci", ["ppa-1"]).with_latency(Duration::from_millis(1500));
+    store.insert(
+        "ppa-1",
+        &render_description("test PPA", &SlotRecord::new(SlotState::Free, Utc::now())),
+    );
+    let store = Arc::new(store);
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+
+    let lease = 30;
+    let reply = client.assign("ci-slow-store", lease).await;
+    let left = reply.lease_expires - Utc::now();
+    assert!(
+        left >= chrono::Duration::milliseconds(lease as i64 * 1000 - 500),
+        "a {lease} s lease arrived with {left} left"
+    );
+    let record = read_slot(&*store, "ppa-1").await.unwrap().record;
+    assert_eq!(record.lease_expires, Some(reply.lease_expires));
+
+    workers.stop().await;
+    client.cleanup().await;
+}
