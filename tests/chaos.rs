@@ -2,9 +2,10 @@
 //! (and a standby worker process for the first few slots), the fake Launchpad and a private
 //! RabbitMQ node behind a TCP proxy — under many concurrent clients, while a fault schedule
 //! kills processes, pauses the worker that holds a slot lock (SIGSTOP, often while it
-//! cleans), restarts the broker, cuts and stalls connections and makes the store fail. A
-//! checker counts violations of invariants 1–5, and of fencing: no deletion may reach a slot
-//! while a client holds it.
+//! cleans, sometimes cut off from the broker as by a network split so that it wakes up still
+//! believing it holds the lock), restarts the broker, cuts and stalls connections and makes
+//! the store fail. A checker counts violations of invariants 1–5, and of fencing: no
+//! deletion may reach a slot while a client holds it.
 //!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
@@ -64,7 +65,7 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(program: &Path, args: &[&str], log: &Path) -> Proc {
+    fn spawn(program: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,6 +73,7 @@ impl Proc {
             .unwrap();
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -107,6 +109,10 @@ struct Stack {
     assigner: Option<Proc>,
     workers: Vec<Option<Proc>>,
     standbys: Vec<Option<Proc>>,
+    /// The own broker proxy of each worker process of a slot with a standby (the slot's
+    /// holder at `i`, its standby at `STANDBYS + i`), to cut one of them off alone; every
+    /// other process goes through the shared proxy.
+    own_proxies: Vec<Proxy>,
 }
 
 impl Stack {
@@ -116,25 +122,35 @@ impl Stack {
         self.assigner = Some(Proc::spawn(
             &bin("berth"),
             &["assigner", "--config", &config],
+            &[],
             &log,
         ));
     }
 
     fn start_worker(&mut self, i: usize) {
-        self.workers[i] = Some(self.spawn_worker(i, ""));
+        let proxy = (i < STANDBYS).then_some(i);
+        self.workers[i] = Some(self.spawn_worker(i, "", proxy));
     }
 
     fn start_standby(&mut self, i: usize) {
-        self.standbys[i] = Some(self.spawn_worker(i, "-standby"));
+        self.standbys[i] = Some(self.spawn_worker(i, "-standby", Some(STANDBYS + i)));
     }
 
-    fn spawn_worker(&self, i: usize, suffix: &str) -> Proc {
+    fn spawn_worker(&self, i: usize, suffix: &str, proxy: Option<usize>) -> Proc {
         let config = self.config.to_str().unwrap().to_owned();
         let slot = format!("ppa-{}", i + 1);
         let log = self.worker_log(i, suffix);
+        let env: Vec<(&str, String)> = proxy
+            .map(|p| {
+                let url = format!("amqp://guest:guest@{}/%2f", self.own_proxies[p].addr);
+                ("BERTH_AMQP_URL", url)
+            })
+            .into_iter()
+            .collect();
         Proc::spawn(
             &bin("berth-worker"),
             &["--config", &config, "--slot", &slot],
+            &env,
             &log,
         )
     }
@@ -143,9 +159,9 @@ impl Stack {
         self.dir.join(format!("worker-ppa-{}{suffix}.log", i + 1))
     }
 
-    /// The worker process of slot `i` that holds its lock, by what their logs said last: the
-    /// one whose latest lock line is a takeover.
-    fn lock_holder(&self, i: usize) -> Option<&Proc> {
+    /// The worker process of slot `i` that holds its lock, by what their logs said last (the
+    /// one whose latest lock line is a takeover), with its own proxy.
+    fn lock_holder(&self, i: usize) -> Option<(&Proc, &Proxy)> {
         let holds = |suffix: &str| {
             let log = std::fs::read_to_string(self.worker_log(i, suffix)).unwrap_or_default();
             let took = log.rfind("took the slot over");
@@ -156,9 +172,11 @@ impl Stack {
             took.is_some() && took > lost
         };
         if holds("") {
-            self.workers[i].as_ref()
+            self.workers[i].as_ref().map(|p| (p, &self.own_proxies[i]))
         } else if holds("-standby") {
-            self.standbys[i].as_ref()
+            self.standbys[i]
+                .as_ref()
+                .map(|p| (p, &self.own_proxies[STANDBYS + i]))
         } else {
             None
         }
@@ -534,7 +552,11 @@ slots = [{slots}]
         assigner: None,
         workers: vec![],
         standbys: vec![],
+        own_proxies: Vec::new(),
     };
+    for _ in 0..2 * STANDBYS {
+        stack.own_proxies.push(Proxy::start(broker_addr).await);
+    }
     stack.workers.resize_with(SLOTS, || None);
     stack.standbys.resize_with(STANDBYS, || None);
     for i in 0..SLOTS {
@@ -614,11 +636,26 @@ slots = [{slots}]
                     })
                     .await;
                 }
-                if let Some(holder) = stack.lock_holder(i) {
+                // Half of the time it is also cut off, as by a network split: the broker drops
+                // its connection (and lock) at once, and the paused worker is woken before its
+                // own heartbeat check could notice, so it goes on believing it holds the lock
+                // until that check ends its connection. Otherwise it is paused for longer than
+                // two heartbeats, and the broker takes the lock back for the silence.
+                let split = rng.random_bool(0.5);
+                if let Some((holder, own_proxy)) = stack.lock_holder(i) {
                     holder.signal("STOP");
-                    let pause = HEARTBEAT_SECS * 1000 * 2 + rng.random_range(1000..3000);
+                    let pause = if split {
+                        own_proxy.sever();
+                        rng.random_range(1500..3000)
+                    } else {
+                        HEARTBEAT_SECS * 1000 * 2 + rng.random_range(1000..3000)
+                    };
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     holder.signal("CONT");
+                    if split {
+                        tokio::time::sleep(Duration::from_millis(HEARTBEAT_SECS * 2000)).await;
+                        own_proxy.cut();
+                    }
                     stalls += 1;
                 }
             }
@@ -637,11 +674,19 @@ slots = [{slots}]
                 .await
                 .unwrap();
             }
-            Fault::CutConnections => proxy.cut(),
+            Fault::CutConnections => {
+                for p in std::iter::once(&proxy).chain(&stack.own_proxies) {
+                    p.cut();
+                }
+            }
             Fault::StallConnections => {
-                proxy.stall();
+                for p in std::iter::once(&proxy).chain(&stack.own_proxies) {
+                    p.stall();
+                }
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..2500))).await;
-                proxy.resume();
+                for p in std::iter::once(&proxy).chain(&stack.own_proxies) {
+                    p.resume();
+                }
             }
             Fault::Store5xx => {
                 fake.set_faults(Faults {
