@@ -14,20 +14,10 @@ use std::time::{Duration, Instant};
 
 use berth::record::{SlotState, parse_description};
 use common::Client;
-use common::launchpad::{Worker, World};
+use common::launchpad::World;
 use proxy::Proxy;
 
 const WITHIN: Duration = Duration::from_secs(30);
-
-/// `kill -<signal> <pid>` for a worker process.
-fn signal(worker: &Worker, signal: &str) {
-    let pid = worker.child.id().expect("worker still running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
 
 /// The broker URL with a heartbeat of `heartbeat` seconds, through `proxy` when given.
 fn broker_url(proxy: Option<&Proxy>, heartbeat: u16) -> String {
@@ -93,7 +83,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     .await;
     // Paused mid-cleaning, and cut off: the broker drops its connection, and with it the slot
     // lock, but the worker cannot hear it.
-    signal(&first, "STOP");
+    first.signal("STOP");
     proxy.sever();
     let paused_epoch = world.slot("ppa-1").await.record.epoch;
     let paused_at = Instant::now();
@@ -111,7 +101,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     let deletions_before = world.launchpad.deletions().len();
 
     // The first worker resumes, still cut off from the broker, and finds itself fenced.
-    signal(&first, "CONT");
+    first.signal("CONT");
     first.wait_log("fenced").await;
     // Its clean loop polls every 100 ms: give it many rounds to do harm.
     tokio::time::sleep(Duration::from_secs(1)).await;

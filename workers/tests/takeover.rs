@@ -10,17 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use berth::record::SlotState;
-use common::launchpad::{Worker, World};
-
-/// `kill -<signal>` for a worker process.
-fn signal(worker: &Worker, signal: &str) {
-    let pid = worker.child.id().expect("worker still running").to_string();
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
-}
+use common::launchpad::World;
 
 /// Pauses the lock holders of `slots` slots at once (each slot has its own holder and
 /// standby process) and answers how long each standby took to take its slot over.
@@ -58,7 +48,7 @@ async fn takeovers(slots: usize, heartbeat: Option<u16>) -> Vec<Duration> {
     }
 
     for holder in &holders {
-        signal(holder, "STOP");
+        holder.signal("STOP");
     }
     let paused = Instant::now();
     let mut taken: Vec<Option<Duration>> = vec![None; slots];
@@ -72,7 +62,7 @@ async fn takeovers(slots: usize, heartbeat: Option<u16>) -> Vec<Duration> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for holder in &holders {
-        signal(holder, "CONT");
+        holder.signal("CONT");
     }
     // Each paused holder wakes up, learns it lost the lock and stands by; nothing is written
     // in its epoch after the takeover (the store's view stays the standby's).

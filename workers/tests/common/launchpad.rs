@@ -189,6 +189,16 @@ impl Worker {
         .await
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …) with `kill`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("worker still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL, and reap.
     pub async fn kill(&mut self) {
         self.child.kill().await.unwrap();
