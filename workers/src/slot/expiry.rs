@@ -6,27 +6,27 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use berth::protocol::EventKind;
-use berth::record::{SlotRecord, SlotState};
+use berth::record::{SlotRecord, SlotState, now};
 
-use crate::slot::{Flow, Session, Trouble, now};
+use super::{Flow, Session, Trouble};
 
 /// Longest wait between looks at the wall clock while a lease runs. Waits run on the
 /// monotonic clock but expiry is decided by the wall clock against `lease_expires`: if the
 /// wall clock jumps ahead (a step by NTP or an operator, a machine resumed from suspend while
 /// the monotonic clock stood still), one wait computed at the start would take the lease back
 /// as late as the whole jump, up to the lease's full length.
-pub(crate) const LOOK_AGAIN: Duration = Duration::from_secs(1);
+pub(super) const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// How long to wait before looking at the lease of `record` again: until it has passed, but
 /// never longer than [`LOOK_AGAIN`].
-pub(crate) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
+pub(super) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
     time_left(record, grace).min(LOOK_AGAIN)
 }
 
 /// Whether the lease of `record` plus `grace` has passed by this worker's clock, now (strictly
 /// past). Only this decides; nothing else in the record
 /// (`touched`, say) counts.
-pub(crate) fn lease_over(record: &SlotRecord, grace: Duration) -> bool {
+pub(super) fn lease_over(record: &SlotRecord, grace: Duration) -> bool {
     lease_end(record, grace).is_none_or(|end| chrono::Utc::now() > end)
 }
 
@@ -57,7 +57,7 @@ fn time_left(record: &SlotRecord, grace: Duration) -> Duration {
 
 impl Session<'_> {
     /// Takes the slot back if its lease has really passed (a renew may have won the race).
-    pub(crate) async fn expire(&mut self) -> Result<Flow, Trouble> {
+    pub(super) async fn expire(&mut self) -> Result<Flow, Trouble> {
         let grace = self.slot.options.lease_grace;
         let owner = self.view.record.owner.clone();
         let expired = self

@@ -11,54 +11,74 @@
 //! compare-and-swap ([`Session::take_over`]), and every later write and re-read checks that the
 //! epoch is still its own: a worker that finds another one stops at once
 //! ([`Trouble::Fenced`]) and goes back to waiting for the lock.
+//!
+//! `Session` is the state machine; its steps live in the children: the free state and the
+//! claim path ([`claim`]), renew and release ([`control`]), lease expiry ([`expiry`]) and
+//! cleaning ([`clean`]). Broker calls go through [`crate::amqp`].
+
+mod claim;
+mod clean;
+mod control;
+mod expiry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use berth::backoff::Backoff;
+use berth::backoff::{Backoff, pause};
 use berth::protocol::Names;
 use berth::record::{SlotRecord, SlotState};
 use berth::store::slot::{SlotView, read_slot, write_slot};
 use berth::store::{SlotStore, StoreError};
 
-use crate::connection::Connector;
-use crate::events::Events;
-use crate::feed::Feed;
-use crate::lock;
+use crate::amqp::connection::Connector;
+use crate::amqp::events::Events;
+use crate::amqp::feed::Feed;
+use crate::amqp::{self, BROKER_TIMEOUT, bounded, lock};
 use crate::options::{SlotSpec, WorkerOptions};
 
 /// What a slot worker needs, shared by all its sessions.
 pub(crate) struct Slot {
-    pub(crate) spec: SlotSpec,
-    pub(crate) names: Names,
-    pub(crate) store: Arc<dyn SlotStore>,
-    pub(crate) options: Arc<WorkerOptions>,
+    spec: SlotSpec,
+    names: Names,
+    store: Arc<dyn SlotStore>,
+    options: Arc<WorkerOptions>,
     /// Where this slot worker waits for assign requests while its slot is free.
-    pub(crate) feed: Arc<Feed>,
-    pub(crate) cancel: CancellationToken,
+    feed: Arc<Feed>,
+    cancel: CancellationToken,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        spec: SlotSpec,
+        names: Names,
+        store: Arc<dyn SlotStore>,
+        options: Arc<WorkerOptions>,
+        feed: Arc<Feed>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Slot {
+            spec,
+            names,
+            store,
+            options,
+            feed,
+            cancel,
+        }
+    }
 }
 
 /// Why a step could not finish. Store trouble is ridden out inside a session (back off,
 /// re-read the record); broker trouble ends the session, which starts over from the lock.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Trouble {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker ended one of our consumers")]
-    ConsumerGone,
+enum Trouble {
+    #[error(transparent)]
+    Broker(#[from] amqp::Error),
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("could not settle a message: its channel is gone")]
-    Unsettled,
-    #[error("the broker did not answer within {0:?}; starting over on a fresh connection")]
-    Stalled(Duration),
     /// The record carries another worker's lock epoch: that worker took the slot over while
     /// this one was paused or cut off. Nothing more may be done to the slot.
     #[error(
@@ -67,62 +87,24 @@ pub(crate) enum Trouble {
     Fenced { ours: u64, found: u64 },
 }
 
-/// The longest a slot worker waits for the broker on one operation (a publish, its confirm,
-/// an ack, a cancel). A connection that died without lapin noticing, or a broker that stopped
-/// answering, would otherwise hold the slot worker forever; past this the session ends and
-/// the worker starts over from the lock and the store record, as after any broker trouble.
-pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Awaits the broker operation `op`, at most [`BROKER_TIMEOUT`].
-pub(crate) async fn broker<T, E: Into<Trouble>>(
-    op: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, Trouble> {
-    match tokio::time::timeout(BROKER_TIMEOUT, op).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(Trouble::Stalled(BROKER_TIMEOUT)),
-    }
-}
-
-/// Acks `delivery`; a channel that is gone is broker trouble (the broker requeues it).
-pub(crate) async fn ack(delivery: &Delivery) -> Result<(), Trouble> {
-    if broker(delivery.ack(BasicAckOptions::default())).await? {
-        Ok(())
-    } else {
-        Err(Trouble::Unsettled)
-    }
-}
-
-/// Gives `delivery` back to its queue, for this or another worker to handle again.
-pub(crate) async fn requeue(delivery: &Delivery) -> Result<(), Trouble> {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if broker(delivery.nack(options)).await? {
-        Ok(())
-    } else {
-        Err(Trouble::Unsettled)
-    }
-}
-
 /// Whether the worker goes on after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flow {
+enum Flow {
     Continue,
     /// Shutdown was asked for; the step in hand is settled.
     Stop,
 }
 
 /// The part of a slot worker's life spent holding the slot lock on one channel.
-pub(crate) struct Session<'a> {
-    pub(crate) slot: &'a Slot,
-    pub(crate) channel: Channel,
-    pub(crate) control: Consumer,
-    pub(crate) events: Events,
+struct Session<'a> {
+    slot: &'a Slot,
+    channel: Channel,
+    control: Consumer,
+    events: Events,
     /// The record as last read or written, with the ETag to write it back.
-    pub(crate) view: SlotView,
+    view: SlotView,
     /// This session's lock epoch, written into the record when it took the slot over.
-    pub(crate) epoch: u64,
+    epoch: u64,
 }
 
 /// The pause before reconnecting after broker trouble starts here and doubles up to
@@ -139,7 +121,7 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
             &connector,
             &slot.names,
             &slot.spec.slot,
-            options,
+            options.standby_retry,
             &slot.cancel,
         )
         .await
@@ -180,14 +162,6 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
                 }
             }
         }
-    }
-}
-
-/// Sleeps for `delay`; `false` when `cancel` fired first.
-pub(crate) async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -298,7 +272,7 @@ impl<'a> Session<'a> {
 
     /// Replaces the view with the store's current one; [`Trouble::Fenced`] (and the view left
     /// as it was) if another worker has taken the slot over.
-    pub(crate) async fn reread(&mut self) -> Result<(), Trouble> {
+    async fn reread(&mut self) -> Result<(), Trouble> {
         let view = read_slot(&*self.slot.store, &self.slot.spec.slot).await?;
         fence(self.epoch, &view.record)?;
         self.view = view;
@@ -313,7 +287,7 @@ impl<'a> Session<'a> {
     /// The write itself is fenced by its `If-Match`: the ETag is the one of this worker's own
     /// last read or write, and a worker that took the slot over since has written its epoch,
     /// which changed the ETag.
-    pub(crate) async fn transition(
+    async fn transition(
         &mut self,
         next: impl Fn(&SlotRecord) -> Option<SlotRecord>,
     ) -> Result<bool, Trouble> {
@@ -343,29 +317,20 @@ impl<'a> Session<'a> {
 
     /// Refuses `delivery` for good: a copy goes to the dead-letter queue with `reason`, and
     /// the original is acked.
-    pub(crate) async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        reason: &str,
-    ) -> Result<(), Trouble> {
-        broker(berth::broker::dead_letter(
-            &self.channel,
-            &self.slot.names,
-            delivery,
-            reason,
-        ))
-        .await
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), Trouble> {
+        let refused = berth::broker::dead_letter(&self.channel, &self.slot.names, delivery, reason);
+        Ok(bounded(refused).await?)
     }
 
     /// The next message of the control queue; its end means the broker dropped us.
-    pub(crate) async fn next_control(&mut self) -> Result<Delivery, Trouble> {
-        Ok(self.control.next().await.ok_or(Trouble::ConsumerGone)??)
+    async fn next_control(&mut self) -> Result<Delivery, Trouble> {
+        Ok(amqp::next_delivery(&mut self.control).await?)
     }
 
     /// Waits for a release, a renew or the end of the lease (looking at the clock again now
-    /// and then: [`crate::expiry::LOOK_AGAIN`]).
+    /// and then: [`expiry::LOOK_AGAIN`]).
     async fn serve_used(&mut self) -> Result<Flow, Trouble> {
-        let wait = crate::expiry::next_look(&self.view.record, self.slot.options.lease_grace);
+        let wait = expiry::next_look(&self.view.record, self.slot.options.lease_grace);
         let cancel = self.slot.cancel.clone();
         tokio::select! {
             biased;
@@ -395,7 +360,7 @@ impl<'a> Session<'a> {
 }
 
 /// `Ok` if `record` carries lock epoch `ours`; otherwise the slot was taken over.
-pub(crate) fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
+fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
     if record.epoch == ours {
         Ok(())
     } else {
@@ -403,28 +368,5 @@ pub(crate) fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
             ours,
             found: record.epoch,
         })
-    }
-}
-
-/// Now, at the precision records keep (milliseconds), so a value written and read back
-/// compares equal.
-pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(3)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression (chaos run): a connection cut while a renew's reply awaited its confirm left
-    /// the confirm pending forever, and the slot worker with it; its slot stayed `used` long
-    /// past its lease. Every broker wait is now bounded.
-    #[tokio::test(start_paused = true)]
-    async fn a_broker_wait_that_never_ends_is_cut_off() {
-        let never = std::future::pending::<Result<(), lapin::Error>>();
-        let started = tokio::time::Instant::now();
-        let result = broker(never).await;
-        assert!(matches!(result, Err(Trouble::Stalled(_))), "{result:?}");
-        assert_eq!(started.elapsed(), BROKER_TIMEOUT);
     }
 }
