@@ -14,6 +14,7 @@ use berth::lease;
 use berth::protocol::{AssignReply, AssignRequest, EventKind, PROTOCOL_VERSION, decode, encode};
 use berth::record::{SlotRecord, SlotState, now};
 
+use super::expiry::lease_length;
 use super::{Flow, Session, Trouble};
 use crate::amqp::{ack, bounded, requeue};
 
@@ -128,7 +129,7 @@ impl Session<'_> {
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
         let claimed_at = now();
-        let lease = ChronoDuration::seconds(lease_secs(body.lease_secs));
+        let lease = lease_length(body.lease_secs);
         let mut lease_expires = claimed_at + lease;
         let claimed = self
             .transition(|current| {
@@ -249,9 +250,4 @@ impl Session<'_> {
         }
         Ok(())
     }
-}
-
-/// A lease length chrono can add to a date: at least one second, at most ten years.
-fn lease_secs(asked: u64) -> i64 {
-    asked.clamp(1, 10 * 365 * 24 * 3600) as i64
 }

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Duration as ChronoDuration;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use uuid::Uuid;
@@ -17,7 +16,7 @@ use berth::protocol::{
 };
 use berth::record::{SlotRecord, SlotState, now};
 
-use super::expiry::lease_over;
+use super::expiry::{lease_length, lease_over};
 use super::{Session, Trouble};
 use crate::amqp::{ack, bounded, requeue};
 
@@ -99,8 +98,7 @@ impl Session<'_> {
         token: &str,
         lease_secs: u64,
     ) -> Result<(), Trouble> {
-        let lease_expires =
-            now() + ChronoDuration::seconds(lease_secs.clamp(1, 10 * 365 * 24 * 3600) as i64);
+        let lease_expires = now() + lease_length(lease_secs);
         let grace = self.slot.options.lease_grace;
         let renewed = self
             .transition(|current| {

@@ -17,6 +17,13 @@ use super::{Flow, Session, Trouble};
 /// as late as the whole jump, up to the lease's full length.
 pub(super) const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
+/// The lease a holder asking for `secs` seconds gets: at least one second, at most ten
+/// years, so that chrono can always add it to a date. Claims and renewals both count it so.
+pub(super) fn lease_length(secs: u64) -> chrono::Duration {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    chrono::Duration::seconds(secs.clamp(1, TEN_YEARS) as i64)
+}
+
 /// How long to wait before looking at the lease of `record` again: until it has passed, but
 /// never longer than [`LOOK_AGAIN`].
 pub(super) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
@@ -80,6 +87,13 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_one_second_to_ten_years() {
+        assert_eq!(lease_length(0), chrono::Duration::seconds(1));
+        assert_eq!(lease_length(300), chrono::Duration::seconds(300));
+        assert_eq!(lease_length(u64::MAX), chrono::Duration::days(3650));
+    }
 
     #[test]
     fn time_left_counts_grace_and_never_goes_negative() {
