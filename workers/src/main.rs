@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 
 use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
-use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
+use berth_worker::cli::WorkerArgs;
 use berth_worker::fake::FakeStore;
 
 /// How long the slot workers get to settle their messages after a shutdown signal.
@@ -31,8 +31,7 @@ async fn main() -> ExitCode {
 async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let slots = args.select_slots(&config)?;
-    let mut options = args.worker_options(&config);
-    options.crash_after_claim = std::env::var(CRASH_AFTER_CLAIM_ENV).is_ok_and(|v| v == "1");
+    let options = args.worker_options(&config);
     let store: Arc<dyn SlotStore> = if args.fake {
         let memory = MemoryStore::new(&config.store.owner, slots.iter().map(|s| s.slot.clone()));
         Arc::new(FakeStore::new(memory, args.fake_options()))

@@ -145,6 +145,7 @@ impl Session<'_> {
         if !claimed {
             return Ok(Claim::NotFree);
         }
+        #[cfg(feature = "test-hooks")]
         if self.slot.options.crash_after_claim {
             tracing::error!(
                 "BERTH_WORKER_TEST_CRASH_AFTER_CLAIM is set: aborting between claim and reply"

@@ -61,7 +61,7 @@ pub fn fast_options() -> WorkerOptions {
         standby_retry: Duration::from_millis(200),
         disabled_poll: Duration::from_millis(200),
         connection_name: "berth-worker-test".into(),
-        crash_after_claim: false,
+        ..WorkerOptions::default()
     }
 }
 
