@@ -20,6 +20,7 @@ use berth::record::{SlotRecord, SlotState, now};
 use berth::store::slot::read_slot;
 use berth::store::{LIVE_STATUSES, SlotStore, StoreError};
 
+use super::retry::Call;
 use super::{Flow, Session, Trouble};
 
 /// Why one cleaning attempt failed.
@@ -137,6 +138,11 @@ impl Session<'_> {
         let Some(result) = self.alongside_control(work).await? else {
             return Ok(Flow::Stop);
         };
+        match &result {
+            Ok(_) => self.retry.succeeded(Call::Clean),
+            Err(CleanError::Store(err)) => self.retry.failed(Call::Clean, err),
+            Err(_) => {}
+        }
         match result {
             Err(CleanError::Fenced { found }) => Err(Trouble::Fenced {
                 ours: self.epoch,

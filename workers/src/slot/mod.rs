@@ -20,6 +20,7 @@ mod claim;
 mod clean;
 mod control;
 mod expiry;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,7 @@ use crate::amqp::events::Events;
 use crate::amqp::feed::Feed;
 use crate::amqp::{self, BROKER_TIMEOUT, bounded, lock};
 use crate::options::{SlotSpec, WorkerOptions};
+use retry::{Call, Retry};
 
 /// What a slot worker needs, shared by all its sessions.
 pub(crate) struct Slot {
@@ -105,6 +107,9 @@ struct Session<'a> {
     view: SlotView,
     /// This session's lock epoch, written into the record when it took the slot over.
     epoch: u64,
+    /// Pauses after store trouble, and the alarm for store errors no retry fixes; the slot
+    /// worker's, kept from one session to the next so that an alarm is said once.
+    retry: &'a mut Retry,
 }
 
 /// The pause before reconnecting after broker trouble starts here and doubles up to
@@ -116,6 +121,7 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     let options = &slot.options;
     let mut backoff = Backoff::new(RECONNECT_MIN, berth::broker::RECONNECT_MAX);
+    let mut retry = Retry::new(options.backoff_min, options.backoff_max);
     loop {
         let lock = match lock::acquire(
             &connector,
@@ -138,7 +144,7 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
         };
         backoff.reset();
         let channel = lock.channel.clone();
-        let result = Session::start(&slot, lock).await;
+        let result = Session::start(&slot, lock, &mut retry).await;
         if channel.status().connected() {
             // Closing the channel requeues anything unacked and frees the slot lock.
             let closing = channel.close(200, "slot worker stopping".into());
@@ -168,14 +174,16 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
 impl<'a> Session<'a> {
     /// Reads the record under the lock and acts on it until shutdown (`Ok`) or broker
     /// trouble (`Err`).
-    async fn start(slot: &'a Slot, lock: lock::Lock) -> Result<(), Trouble> {
-        let mut backoff = Backoff::new(slot.options.backoff_min, slot.options.backoff_max);
+    async fn start(slot: &'a Slot, lock: lock::Lock, retry: &'a mut Retry) -> Result<(), Trouble> {
+        retry.reset();
         let view = loop {
-            match read_slot(&*slot.store, &slot.spec.slot).await {
+            let read = read_slot(&*slot.store, &slot.spec.slot).await;
+            retry.note(Call::Read, &read);
+            match read {
                 Ok(view) => break view,
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the slot record; retrying");
-                    if !pause(&slot.cancel, backoff.next_delay()).await {
+                    let delay = retry.delay(&err, "cannot read the slot record; retrying");
+                    if !pause(&slot.cancel, delay).await {
                         return Ok(());
                     }
                 }
@@ -194,23 +202,26 @@ impl<'a> Session<'a> {
             events,
             epoch: view.record.epoch,
             view,
+            retry,
         };
-        if !session.take_over(&mut backoff).await {
+        if !session.take_over().await {
             return Ok(());
         }
         tracing::info!(state = %session.view.record.state, epoch = session.epoch, "recovered the slot record; took the slot over");
-        session.run(backoff).await
+        session.run().await
     }
 
     /// Raises the record's lock epoch by one, by compare-and-swap, and makes it this
     /// session's: from then on a worker that held the slot before and still believes it does
     /// fails its next write or fencing check. A record that was unreadable is written back
     /// readable (dirty). Retries until written; `false` when shutdown was asked for first.
-    async fn take_over(&mut self, backoff: &mut Backoff) -> bool {
+    async fn take_over(&mut self) -> bool {
         loop {
             let epoch = self.view.record.epoch.saturating_add(1);
             let record = self.view.record.clone().in_epoch(epoch);
-            match write_slot(&*self.slot.store, &self.view, &record).await {
+            let written = write_slot(&*self.slot.store, &self.view, &record).await;
+            self.retry.note(Call::Write, &written);
+            match written {
                 Ok(view) => {
                     self.view = view;
                     self.epoch = epoch;
@@ -220,18 +231,24 @@ impl<'a> Session<'a> {
                 // yet): read its write and raise the epoch over it.
                 Err(StoreError::Conflict) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot write the lock epoch; retrying");
-                    if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                    let delay = self
+                        .retry
+                        .delay(&err, "cannot write the lock epoch; retrying");
+                    if !pause(&self.slot.cancel, delay).await {
                         return false;
                     }
                 }
             }
             loop {
-                match read_slot(&*self.slot.store, &self.slot.spec.slot).await {
+                let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
+                self.retry.note(Call::Read, &read);
+                match read {
                     Ok(view) => break self.view = view,
                     Err(err) => {
-                        tracing::warn!(error = %err, "cannot read the slot record; retrying");
-                        if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                        let delay = self
+                            .retry
+                            .delay(&err, "cannot read the slot record; retrying");
+                        if !pause(&self.slot.cancel, delay).await {
                             return false;
                         }
                     }
@@ -240,7 +257,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(mut self, mut backoff: Backoff) -> Result<(), Trouble> {
+    async fn run(mut self) -> Result<(), Trouble> {
         loop {
             let step = match self.view.record.state {
                 SlotState::Free => self.serve_free().await,
@@ -249,19 +266,23 @@ impl<'a> Session<'a> {
                 SlotState::Disabled => self.wait_disabled().await,
             };
             match step {
-                Ok(Flow::Continue) => backoff.reset(),
+                Ok(Flow::Continue) => self.retry.reset(),
                 Ok(Flow::Stop) => return Ok(()),
                 Err(Trouble::Store(err)) => {
                     // Keep the lock; back off and decide again from a fresh read.
-                    tracing::warn!(error = %err, "store trouble; will re-read the slot record");
+                    let what = "store trouble; will re-read the slot record";
+                    let mut delay = self.retry.delay(&err, what);
                     loop {
-                        if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                        if !pause(&self.slot.cancel, delay).await {
                             return Ok(());
                         }
                         match self.reread().await {
                             Ok(()) => break,
-                            Err(err @ Trouble::Fenced { .. }) => return Err(err),
-                            Err(err) => tracing::warn!(error = %err, "cannot read the slot record"),
+                            Err(Trouble::Store(err)) => {
+                                delay = self.retry.delay(&err, "cannot read the slot record");
+                            }
+                            // Fenced: another worker has the slot.
+                            Err(other) => return Err(other),
                         }
                     }
                 }
@@ -273,7 +294,9 @@ impl<'a> Session<'a> {
     /// Replaces the view with the store's current one; [`Trouble::Fenced`] (and the view left
     /// as it was) if another worker has taken the slot over.
     async fn reread(&mut self) -> Result<(), Trouble> {
-        let view = read_slot(&*self.slot.store, &self.slot.spec.slot).await?;
+        let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
+        self.retry.note(Call::Read, &read);
+        let view = read?;
         fence(self.epoch, &view.record)?;
         self.view = view;
         Ok(())
@@ -297,7 +320,9 @@ impl<'a> Session<'a> {
                 return Ok(false);
             };
             let record = record.in_epoch(self.epoch);
-            match write_slot(&*self.slot.store, &self.view, &record).await {
+            let written = write_slot(&*self.slot.store, &self.view, &record).await;
+            self.retry.note(Call::Write, &written);
+            match written {
                 Ok(view) => {
                     // Each transition also has a line of its own, at info, saying why.
                     if view.record.state != self.view.record.state {
