@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use rand::RngExt;
+use tokio_util::sync::CancellationToken;
 
 /// Doubles the pause after each failure, from `min` up to `max`, with ±25% jitter so that
 /// many workers restarting together do not retry in lockstep.
@@ -33,6 +34,14 @@ impl Backoff {
     /// Starts again from the shortest pause, after a success.
     pub fn reset(&mut self) {
         self.next = self.min;
+    }
+}
+
+/// Sleeps for `delay` (a backoff's pause, say); `false` when `cancel` fired first.
+pub async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
     }
 }
 

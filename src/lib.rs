@@ -1,12 +1,19 @@
 //! berth hands out build slots (first kind: Launchpad PPAs) to CI pipelines, over RabbitMQ,
 //! keeping every bit of slot state in the store. See docs/DESIGN.md for the whole picture.
+//!
+//! The HTTP side (the assigner, the fake Launchpad, `berth dev`, the client commands) is the
+//! `server` feature, on by default; the slot workers build without it.
 
+#[cfg(feature = "server")]
 pub mod assigner;
 pub mod backoff;
 pub mod broker;
+#[cfg(feature = "server")]
 pub mod cli;
 pub mod config;
+#[cfg(feature = "server")]
 pub mod dev;
+#[cfg(feature = "server")]
 pub mod fake;
 pub mod lease;
 pub mod protocol;

@@ -57,6 +57,12 @@ impl std::fmt::Display for SlotState {
     }
 }
 
+/// Now, at the precision records keep (milliseconds, DESIGN §2), so a value written and read
+/// back compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(3)
+}
+
 /// The state record of one slot, as stored in the store (DESIGN §2).
 ///
 /// Never holds a lease token, only its SHA-256: PPA descriptions are public.

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::namespace::POOL;
-use super::wait::wait_for;
+use berth_testkit::wait_for;
 
 /// An HTTP answer: status, `Retry-After`, JSON body (or `Null`) and raw text.
 #[derive(Debug)]

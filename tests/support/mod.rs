@@ -1,7 +1,8 @@
 //! Helpers of the integration tests, one module per concern: a namespace per test on the
 //! shared broker, the assigner in-process on port 0, HTTP calls, the binaries as child
-//! processes, polling with a deadline; and, for tests that stop or cut the broker, a private
-//! RabbitMQ node and a TCP proxy. The everyday helpers are re-exported here:
+//! processes; and, for tests that stop or cut the broker, a private RabbitMQ node and a TCP
+//! proxy. What the worker's tests need too (the test configuration, polling with a deadline)
+//! is in the `berth-testkit` crate (`testkit/`). The everyday helpers are re-exported here:
 //! `use support::*`.
 #![allow(unreachable_pub, dead_code, unused_imports)] // each test binary uses a different part of these helpers
 
@@ -11,10 +12,9 @@ pub mod http;
 pub mod namespace;
 pub mod process;
 pub mod proxy;
-pub mod wait;
 
 pub use app::TestApp;
+pub use berth_testkit::wait_for;
 pub use http::*;
 pub use namespace::*;
 pub use process::*;
-pub use wait::*;

@@ -1,33 +1,13 @@
 //! A namespace of queue names per test on the shared broker: the test's configuration,
 //! and the broker-side helpers that work in it.
 
-use std::net::SocketAddr;
-
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
-use uuid::Uuid;
 
-use berth::config::{Config, PoolConfig};
+use berth::config::Config;
 use berth::protocol::{Control, Names, PROTOCOL_VERSION, encode};
 
-pub const POOL: &str = "ppa";
-
-pub fn amqp_url() -> String {
-    std::env::var("BERTH_AMQP_URL").unwrap_or_else(|_| berth::config::DEFAULT_AMQP_URL.into())
-}
-
-/// A configuration in a fresh namespace, listening on port 0, with one pool `ppa` of `slots`.
-pub fn config(slots: &[&str]) -> Config {
-    Config {
-        namespace: format!("t-{}", Uuid::new_v4().simple()),
-        amqp_url: amqp_url(),
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        pools: vec![PoolConfig {
-            name: POOL.into(),
-            slots: slots.iter().map(|s| s.to_string()).collect(),
-        }],
-        ..Config::default()
-    }
-}
+/// The test configuration and its broker, shared with the worker's tests.
+pub use berth_testkit::{POOL, amqp_url, config};
 
 /// Slot names `s-1` … `s-n`.
 pub fn slot_names(n: usize) -> Vec<String> {

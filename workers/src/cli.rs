@@ -9,7 +9,9 @@ use crate::fake::FakeOptions;
 use crate::options::{SlotSpec, WorkerOptions};
 
 /// Environment variable of the crash test hook (see [`WorkerOptions::crash_after_claim`]).
-/// For tests only: it makes the process abort between a claim and its reply.
+/// For tests only: it makes the process abort between a claim and its reply. Only a build
+/// with the feature `test-hooks` (the crate's own tests) reads it.
+#[cfg(feature = "test-hooks")]
 pub const CRASH_AFTER_CLAIM_ENV: &str = "BERTH_WORKER_TEST_CRASH_AFTER_CLAIM";
 
 /// berth slot workers: each holds one slot's lock, claims assign requests while the slot is
@@ -107,7 +109,8 @@ impl WorkerArgs {
         select_slots(config, &self.slots, self.pool.as_deref(), self.all)
     }
 
-    /// Worker options: the config's `[worker]` section, then these flags.
+    /// Worker options: the config's `[worker]` section, then these flags (and, built with
+    /// the feature `test-hooks`, the crash hook's environment variable).
     pub fn worker_options(&self, config: &Config) -> WorkerOptions {
         let mut options = WorkerOptions::from_config(&config.worker);
         if let Some(secs) = self.lease_grace_secs {
@@ -115,6 +118,11 @@ impl WorkerArgs {
         }
         if let Some(ms) = self.clean_poll_ms {
             options.clean_poll = Duration::from_millis(ms);
+        }
+        #[cfg(feature = "test-hooks")]
+        {
+            options.crash_after_claim =
+                std::env::var(CRASH_AFTER_CLAIM_ENV).is_ok_and(|v| v == "1");
         }
         options
     }

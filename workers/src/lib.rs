@@ -6,21 +6,18 @@
 //!
 //! [`run_slots`] hosts any number of slot workers in one process; the `berth-worker` binary
 //! is a thin shell around it (flags in [`cli`]).
+//!
+//! Imports run one way: `slot` (the state machine, with `claim`, `control`, `expiry` and
+//! `clean` as its children) → `amqp` (broker plumbing: connections, the slot lock, pool
+//! feeds, events) → the `berth` library. `amqp` knows nothing of slots or the store.
 
-mod claim;
-mod clean;
+mod amqp;
 pub mod cli;
-mod connection;
-mod control;
-mod events;
-mod expiry;
 pub mod fake;
-mod feed;
-mod lock;
 mod options;
 mod process;
 mod slot;
 
-pub use events::event_publish_failures;
+pub use amqp::events::event_publish_failures;
 pub use options::{SlotSpec, WorkerOptions};
 pub use process::{RunError, run_slots};

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
-use berth_worker::cli::{CRASH_AFTER_CLAIM_ENV, WorkerArgs};
+use berth_worker::cli::WorkerArgs;
 use berth_worker::fake::FakeStore;
 
 /// How long the slot workers get to settle their messages after a shutdown signal.
@@ -32,8 +31,7 @@ async fn main() -> ExitCode {
 async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let slots = args.select_slots(&config)?;
-    let mut options = args.worker_options(&config);
-    options.crash_after_claim = std::env::var(CRASH_AFTER_CLAIM_ENV).is_ok_and(|v| v == "1");
+    let options = args.worker_options(&config);
     let store: Arc<dyn SlotStore> = if args.fake {
         let memory = MemoryStore::new(&config.store.owner, slots.iter().map(|s| s.slot.clone()));
         Arc::new(FakeStore::new(memory, args.fake_options()))
@@ -43,8 +41,7 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let names: Vec<&str> = slots.iter().map(|s| s.slot.as_str()).collect();
     tracing::info!(slots = %names.join(","), fake = args.fake, namespace = %config.namespace, "starting");
 
-    let cancel = CancellationToken::new();
-    tokio::spawn(stop_on_signal(cancel.clone()));
+    let cancel = berth::shutdown::signal();
     let workers = berth_worker::run_slots(Arc::new(config), slots, store, options, cancel.clone());
     tokio::pin!(workers);
     tokio::select! {
@@ -69,28 +66,6 @@ fn real_store(config: &berth::config::Config) -> anyhow::Result<Arc<dyn SlotStor
         );
     }
     Ok(Arc::new(store))
-}
-
-/// Cancels on SIGTERM or Ctrl-C.
-async fn stop_on_signal(cancel: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutdown asked for; finishing the steps in hand");
-    cancel.cancel();
 }
 
 /// Logs to stderr. lapin logs returned messages whole at `warn` (a returned reply holds a

@@ -30,8 +30,10 @@ pub struct WorkerOptions {
     pub disabled_poll: Duration,
     /// Name of the AMQP connection, as shown in the broker's management UI.
     pub connection_name: String,
-    /// FOR TESTS ONLY: abort the process right after a claim is written to the store and
-    /// before the reply is sent, to prove that a crash in that window loses nothing.
+    /// FOR TESTS ONLY (feature `test-hooks`): abort the process right after a claim is
+    /// written to the store and before the reply is sent, to prove that a crash in that
+    /// window loses nothing.
+    #[cfg(feature = "test-hooks")]
     pub crash_after_claim: bool,
 }
 
@@ -46,6 +48,7 @@ impl WorkerOptions {
             standby_retry: Duration::from_secs(1),
             disabled_poll: Duration::from_secs(10),
             connection_name: "berth-worker".into(),
+            #[cfg(feature = "test-hooks")]
             crash_after_claim: false,
         }
     }

@@ -1,6 +1,6 @@
 //! A worker process: any number of slot workers as independent tasks over its broker
-//! connections (one per [`crate::connection::MAX_CHANNELS_PER_CONNECTION`] slots), one pool
-//! feed per pool ([`crate::feed`]), all stopped together by one cancellation token.
+//! connections (one per [`connection::MAX_CHANNELS_PER_CONNECTION`] slots), one pool
+//! feed per pool ([`crate::amqp::feed`]), all stopped together by one cancellation token.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use berth::backoff::Backoff;
 use berth::config::Config;
 use berth::store::SlotStore;
 
-use crate::connection;
-use crate::feed::Feed;
+use crate::amqp::connection;
+use crate::amqp::feed::Feed;
 use crate::options::{SlotSpec, WorkerOptions};
 use crate::slot::{self, Slot};
 
@@ -68,9 +69,8 @@ pub async fn run_slots(
     let feed_tasks = TaskTracker::new();
     for (pool, feed) in &feeds {
         let span = tracing::info_span!("feed", pool = %pool);
-        let run = feed
-            .clone()
-            .run(options.clone(), cancel.clone(), closing.clone());
+        let backoff = Backoff::new(options.backoff_min, options.backoff_max);
+        let run = feed.clone().run(backoff, cancel.clone(), closing.clone());
         feed_tasks.spawn(run.instrument(span));
     }
     feed_tasks.close();
@@ -78,14 +78,15 @@ pub async fn run_slots(
     for (index, spec) in slots.into_iter().enumerate() {
         let shard = connection::shard_of(index, count, connection::MAX_CHANNELS_PER_CONNECTION);
         let span = tracing::info_span!("slot", pool = %spec.pool, slot = %spec.slot);
-        let slot = Slot {
-            feed: feeds[&spec.pool].clone(),
+        let feed = feeds[&spec.pool].clone();
+        let slot = Slot::new(
             spec,
-            names: names.clone(),
-            store: store.clone(),
-            options: options.clone(),
-            cancel: cancel.clone(),
-        };
+            names.clone(),
+            store.clone(),
+            options.clone(),
+            feed,
+            cancel.clone(),
+        );
         tracker.spawn(slot::run(slot, connectors[shard].clone()).instrument(span));
     }
     tracker.close();

@@ -7,6 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use berth::config::Config;
@@ -22,7 +23,8 @@ pub struct World {
     pub launchpad: FakeLaunchpad,
     pub config: Config,
     pub config_path: PathBuf,
-    pub dir: PathBuf,
+    /// The credentials, the config file and the workers' logs; removed with the world.
+    pub dir: TempDir,
     /// A read-only client of the fake, to look at records as anyone would.
     pub store: Arc<dyn SlotStore>,
 }
@@ -48,9 +50,11 @@ impl World {
         let slots: Vec<String> = (1..=ppas).map(|i| format!("ppa-{i}")).collect();
         let slot_refs: Vec<&str> = slots.iter().map(String::as_str).collect();
         let mut config = super::config(&slot_refs);
-        let dir = std::env::temp_dir().join(format!("berth-worker-{}", config.namespace));
-        std::fs::create_dir_all(&dir).unwrap();
-        let credentials = dir.join("credentials");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("berth-worker-{}-", config.namespace))
+            .tempdir()
+            .unwrap();
+        let credentials = dir.path().join("credentials");
         std::fs::write(
             &credentials,
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = TOKEN\naccess_secret = SECRET\n",
@@ -63,7 +67,7 @@ impl World {
         config.worker.clean_poll_millis = 100;
         config.worker.backoff_min_millis = 50;
         config.worker.backoff_max_millis = 1000;
-        let config_path = dir.join("berth.toml");
+        let config_path = dir.path().join("berth.toml");
         std::fs::write(&config_path, toml::to_string(&config).unwrap()).unwrap();
         let store = Arc::new(
             LaunchpadStore::new(
@@ -86,7 +90,7 @@ impl World {
 
     /// Starts `berth-worker --slot …` with `env` added.
     pub fn worker(&self, name: &str, slots: &[&str], env: &[(&str, &str)]) -> Worker {
-        let log = self.dir.join(format!("{name}.log"));
+        let log = self.dir.path().join(format!("{name}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_berth-worker"));
         command
             .arg("--config")
@@ -155,7 +159,6 @@ impl World {
     }
 
     pub async fn finish(self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
         self.launchpad.shutdown().await;
     }
 }

@@ -1,9 +1,10 @@
-//! Test helpers: a per-test namespace on the real broker, with a reply queue and an events
-//! queue, and polling with a deadline.
-#![allow(dead_code, unreachable_pub)]
+//! Test helpers of the worker: slot workers in-process over a memory store, and a client of
+//! the test's namespace on the real broker, with a reply queue and an events queue. The test
+//! configuration and polling with a deadline are shared with the root tests
+//! (`berth-testkit`).
+#![allow(dead_code, unreachable_pub, unused_imports)] // each test binary uses a different part of these helpers
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use uuid::Uuid;
 
-use berth::config::{Config, PoolConfig};
+use berth::config::Config;
 use berth::protocol::{
     AssignReply, AssignRequest, Control, Event, EventKind, Names, PROTOCOL_VERSION, REASON_HEADER,
     RenewReply, decode, encode,
@@ -29,26 +30,9 @@ use berth_worker::{RunError, SlotSpec, WorkerOptions, run_slots};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use berth_testkit::{POOL, amqp_url, config, wait_for};
+
 pub mod launchpad;
-
-pub const POOL: &str = "ppa";
-
-pub fn amqp_url() -> String {
-    std::env::var("BERTH_AMQP_URL").unwrap_or_else(|_| berth::config::DEFAULT_AMQP_URL.into())
-}
-
-/// A configuration in a fresh namespace with one pool of `slots`.
-pub fn config(slots: &[&str]) -> Config {
-    Config {
-        namespace: format!("t-{}", Uuid::new_v4().simple()),
-        amqp_url: amqp_url(),
-        pools: vec![PoolConfig {
-            name: POOL.into(),
-            slots: slots.iter().map(|s| s.to_string()).collect(),
-        }],
-        ..Config::default()
-    }
-}
 
 /// Options short enough for tests.
 pub fn fast_options() -> WorkerOptions {
@@ -61,7 +45,7 @@ pub fn fast_options() -> WorkerOptions {
         standby_retry: Duration::from_millis(200),
         disabled_poll: Duration::from_millis(200),
         connection_name: "berth-worker-test".into(),
-        crash_after_claim: false,
+        ..WorkerOptions::default()
     }
 }
 
@@ -75,25 +59,6 @@ pub fn free_store(slots: &[&str]) -> Arc<MemoryStore> {
         );
     }
     Arc::new(store)
-}
-
-/// Polls `check` every 50 ms until it answers `Some`, or fails after `within` with what the
-/// last look saw (`describe`).
-pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(seen) if tokio::time::Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting for {what}; last saw: {seen}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Waits until `slot` shows `state` in the store.

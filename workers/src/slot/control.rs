@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::Duration as ChronoDuration;
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use uuid::Uuid;
@@ -15,10 +14,11 @@ use berth::lease;
 use berth::protocol::{
     Control, EventKind, PROTOCOL_VERSION, RenewOutcome, RenewReply, decode, encode,
 };
-use berth::record::{SlotRecord, SlotState};
+use berth::record::{SlotRecord, SlotState, now};
 
-use crate::expiry::lease_over;
-use crate::slot::{Session, Trouble, ack, broker, now, requeue};
+use super::expiry::{lease_length, lease_over};
+use super::{Session, Trouble};
+use crate::amqp::{ack, bounded, requeue};
 
 /// What `token` may do with the slot whose record is `record`. A lease past its end plus
 /// `grace` by this worker's clock is over even while the record still says used (the expiry
@@ -36,7 +36,7 @@ fn standing(record: &SlotRecord, token: &str, grace: Duration) -> RenewOutcome {
 impl Session<'_> {
     /// Handles one control message; acks it only once its work is done, and requeues it on
     /// store trouble so it is handled again after the worker has re-read the record.
-    pub(crate) async fn on_control(&mut self, delivery: Delivery) -> Result<(), Trouble> {
+    pub(super) async fn on_control(&mut self, delivery: Delivery) -> Result<(), Trouble> {
         let message: Control = match decode(&delivery.data) {
             Ok(message) => message,
             Err(err) => {
@@ -57,7 +57,7 @@ impl Session<'_> {
             }
         };
         match result {
-            Ok(()) => ack(&delivery).await,
+            Ok(()) => Ok(ack(&delivery).await?),
             Err(err) => {
                 requeue(&delivery).await?;
                 Err(err)
@@ -98,8 +98,7 @@ impl Session<'_> {
         token: &str,
         lease_secs: u64,
     ) -> Result<(), Trouble> {
-        let lease_expires =
-            now() + ChronoDuration::seconds(lease_secs.clamp(1, 10 * 365 * 24 * 3600) as i64);
+        let lease_expires = now() + lease_length(lease_secs);
         let grace = self.slot.options.lease_grace;
         let renewed = self
             .transition(|current| {
@@ -137,7 +136,7 @@ impl Session<'_> {
             .unwrap_or_else(|| request_id.to_string().into());
         let properties = berth::broker::json_properties().with_correlation_id(correlation);
         // Not mandatory: if the asker is gone there is nothing to undo, the lease stands.
-        let confirm = broker(self.channel.basic_publish(
+        let confirm = bounded(self.channel.basic_publish(
             "".into(),
             reply_to,
             BasicPublishOptions::default(),
@@ -145,14 +144,14 @@ impl Session<'_> {
             properties,
         ))
         .await?;
-        broker(confirm).await?;
+        bounded(confirm).await?;
         Ok(())
     }
 
     /// Runs `work` to its end while answering control messages, for the states in which the
     /// slot is held by nobody (dirty, disabled): renew answers `not_held`, release is
     /// ignored. `None` when shutdown was asked for first (`work` is dropped).
-    pub(crate) async fn alongside_control<F: Future>(
+    pub(super) async fn alongside_control<F: Future>(
         &mut self,
         work: F,
     ) -> Result<Option<F::Output>, Trouble> {

@@ -6,27 +6,34 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use berth::protocol::EventKind;
-use berth::record::{SlotRecord, SlotState};
+use berth::record::{SlotRecord, SlotState, now};
 
-use crate::slot::{Flow, Session, Trouble, now};
+use super::{Flow, Session, Trouble};
 
 /// Longest wait between looks at the wall clock while a lease runs. Waits run on the
 /// monotonic clock but expiry is decided by the wall clock against `lease_expires`: if the
 /// wall clock jumps ahead (a step by NTP or an operator, a machine resumed from suspend while
 /// the monotonic clock stood still), one wait computed at the start would take the lease back
 /// as late as the whole jump, up to the lease's full length.
-pub(crate) const LOOK_AGAIN: Duration = Duration::from_secs(1);
+pub(super) const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// The lease a holder asking for `secs` seconds gets: at least one second, at most ten
+/// years, so that chrono can always add it to a date. Claims and renewals both count it so.
+pub(super) fn lease_length(secs: u64) -> chrono::Duration {
+    const TEN_YEARS: u64 = 10 * 365 * 24 * 3600;
+    chrono::Duration::seconds(secs.clamp(1, TEN_YEARS) as i64)
+}
 
 /// How long to wait before looking at the lease of `record` again: until it has passed, but
 /// never longer than [`LOOK_AGAIN`].
-pub(crate) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
+pub(super) fn next_look(record: &SlotRecord, grace: Duration) -> Duration {
     time_left(record, grace).min(LOOK_AGAIN)
 }
 
 /// Whether the lease of `record` plus `grace` has passed by this worker's clock, now (strictly
 /// past). Only this decides; nothing else in the record
 /// (`touched`, say) counts.
-pub(crate) fn lease_over(record: &SlotRecord, grace: Duration) -> bool {
+pub(super) fn lease_over(record: &SlotRecord, grace: Duration) -> bool {
     lease_end(record, grace).is_none_or(|end| chrono::Utc::now() > end)
 }
 
@@ -57,7 +64,7 @@ fn time_left(record: &SlotRecord, grace: Duration) -> Duration {
 
 impl Session<'_> {
     /// Takes the slot back if its lease has really passed (a renew may have won the race).
-    pub(crate) async fn expire(&mut self) -> Result<Flow, Trouble> {
+    pub(super) async fn expire(&mut self) -> Result<Flow, Trouble> {
         let grace = self.slot.options.lease_grace;
         let owner = self.view.record.owner.clone();
         let expired = self
@@ -80,6 +87,13 @@ impl Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_one_second_to_ten_years() {
+        assert_eq!(lease_length(0), chrono::Duration::seconds(1));
+        assert_eq!(lease_length(300), chrono::Duration::seconds(300));
+        assert_eq!(lease_length(u64::MAX), chrono::Duration::days(3650));
+    }
 
     #[test]
     fn time_left_counts_grace_and_never_goes_negative() {

@@ -11,54 +11,76 @@
 //! compare-and-swap ([`Session::take_over`]), and every later write and re-read checks that the
 //! epoch is still its own: a worker that finds another one stops at once
 //! ([`Trouble::Fenced`]) and goes back to waiting for the lock.
+//!
+//! `Session` is the state machine; its steps live in the children: the free state and the
+//! claim path ([`claim`]), renew and release ([`control`]), lease expiry ([`expiry`]) and
+//! cleaning ([`clean`]). Broker calls go through [`crate::amqp`].
+
+mod claim;
+mod clean;
+mod control;
+mod expiry;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SubsecRound, Utc};
-use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 
-use berth::backoff::Backoff;
+use berth::backoff::{Backoff, pause};
 use berth::protocol::Names;
 use berth::record::{SlotRecord, SlotState};
 use berth::store::slot::{SlotView, read_slot, write_slot};
 use berth::store::{SlotStore, StoreError};
 
-use crate::connection::Connector;
-use crate::events::Events;
-use crate::feed::Feed;
-use crate::lock;
+use crate::amqp::connection::Connector;
+use crate::amqp::events::Events;
+use crate::amqp::feed::Feed;
+use crate::amqp::{self, BROKER_TIMEOUT, bounded, lock};
 use crate::options::{SlotSpec, WorkerOptions};
+use retry::{Call, Retry};
 
 /// What a slot worker needs, shared by all its sessions.
 pub(crate) struct Slot {
-    pub(crate) spec: SlotSpec,
-    pub(crate) names: Names,
-    pub(crate) store: Arc<dyn SlotStore>,
-    pub(crate) options: Arc<WorkerOptions>,
+    spec: SlotSpec,
+    names: Names,
+    store: Arc<dyn SlotStore>,
+    options: Arc<WorkerOptions>,
     /// Where this slot worker waits for assign requests while its slot is free.
-    pub(crate) feed: Arc<Feed>,
-    pub(crate) cancel: CancellationToken,
+    feed: Arc<Feed>,
+    cancel: CancellationToken,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        spec: SlotSpec,
+        names: Names,
+        store: Arc<dyn SlotStore>,
+        options: Arc<WorkerOptions>,
+        feed: Arc<Feed>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Slot {
+            spec,
+            names,
+            store,
+            options,
+            feed,
+            cancel,
+        }
+    }
 }
 
 /// Why a step could not finish. Store trouble is ridden out inside a session (back off,
 /// re-read the record); broker trouble ends the session, which starts over from the lock.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Trouble {
-    #[error("broker: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("the broker ended one of our consumers")]
-    ConsumerGone,
+enum Trouble {
+    #[error(transparent)]
+    Broker(#[from] amqp::Error),
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("could not settle a message: its channel is gone")]
-    Unsettled,
-    #[error("the broker did not answer within {0:?}; starting over on a fresh connection")]
-    Stalled(Duration),
     /// The record carries another worker's lock epoch: that worker took the slot over while
     /// this one was paused or cut off. Nothing more may be done to the slot.
     #[error(
@@ -67,62 +89,27 @@ pub(crate) enum Trouble {
     Fenced { ours: u64, found: u64 },
 }
 
-/// The longest a slot worker waits for the broker on one operation (a publish, its confirm,
-/// an ack, a cancel). A connection that died without lapin noticing, or a broker that stopped
-/// answering, would otherwise hold the slot worker forever; past this the session ends and
-/// the worker starts over from the lock and the store record, as after any broker trouble.
-pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Awaits the broker operation `op`, at most [`BROKER_TIMEOUT`].
-pub(crate) async fn broker<T, E: Into<Trouble>>(
-    op: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, Trouble> {
-    match tokio::time::timeout(BROKER_TIMEOUT, op).await {
-        Ok(result) => result.map_err(Into::into),
-        Err(_) => Err(Trouble::Stalled(BROKER_TIMEOUT)),
-    }
-}
-
-/// Acks `delivery`; a channel that is gone is broker trouble (the broker requeues it).
-pub(crate) async fn ack(delivery: &Delivery) -> Result<(), Trouble> {
-    if broker(delivery.ack(BasicAckOptions::default())).await? {
-        Ok(())
-    } else {
-        Err(Trouble::Unsettled)
-    }
-}
-
-/// Gives `delivery` back to its queue, for this or another worker to handle again.
-pub(crate) async fn requeue(delivery: &Delivery) -> Result<(), Trouble> {
-    let options = BasicNackOptions {
-        requeue: true,
-        ..BasicNackOptions::default()
-    };
-    if broker(delivery.nack(options)).await? {
-        Ok(())
-    } else {
-        Err(Trouble::Unsettled)
-    }
-}
-
 /// Whether the worker goes on after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Flow {
+enum Flow {
     Continue,
     /// Shutdown was asked for; the step in hand is settled.
     Stop,
 }
 
 /// The part of a slot worker's life spent holding the slot lock on one channel.
-pub(crate) struct Session<'a> {
-    pub(crate) slot: &'a Slot,
-    pub(crate) channel: Channel,
-    pub(crate) control: Consumer,
-    pub(crate) events: Events,
+struct Session<'a> {
+    slot: &'a Slot,
+    channel: Channel,
+    control: Consumer,
+    events: Events,
     /// The record as last read or written, with the ETag to write it back.
-    pub(crate) view: SlotView,
+    view: SlotView,
     /// This session's lock epoch, written into the record when it took the slot over.
-    pub(crate) epoch: u64,
+    epoch: u64,
+    /// Pauses after store trouble, and the alarm for store errors no retry fixes; the slot
+    /// worker's, kept from one session to the next so that an alarm is said once.
+    retry: &'a mut Retry,
 }
 
 /// The pause before reconnecting after broker trouble starts here and doubles up to
@@ -134,12 +121,13 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     let options = &slot.options;
     let mut backoff = Backoff::new(RECONNECT_MIN, berth::broker::RECONNECT_MAX);
+    let mut retry = Retry::new(options.backoff_min, options.backoff_max);
     loop {
         let lock = match lock::acquire(
             &connector,
             &slot.names,
             &slot.spec.slot,
-            options,
+            options.standby_retry,
             &slot.cancel,
         )
         .await
@@ -156,7 +144,7 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
         };
         backoff.reset();
         let channel = lock.channel.clone();
-        let result = Session::start(&slot, lock).await;
+        let result = Session::start(&slot, lock, &mut retry).await;
         if channel.status().connected() {
             // Closing the channel requeues anything unacked and frees the slot lock.
             let closing = channel.close(200, "slot worker stopping".into());
@@ -183,25 +171,19 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     }
 }
 
-/// Sleeps for `delay`; `false` when `cancel` fired first.
-pub(crate) async fn pause(cancel: &CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
-    }
-}
-
 impl<'a> Session<'a> {
     /// Reads the record under the lock and acts on it until shutdown (`Ok`) or broker
     /// trouble (`Err`).
-    async fn start(slot: &'a Slot, lock: lock::Lock) -> Result<(), Trouble> {
-        let mut backoff = Backoff::new(slot.options.backoff_min, slot.options.backoff_max);
+    async fn start(slot: &'a Slot, lock: lock::Lock, retry: &'a mut Retry) -> Result<(), Trouble> {
+        retry.reset();
         let view = loop {
-            match read_slot(&*slot.store, &slot.spec.slot).await {
+            let read = read_slot(&*slot.store, &slot.spec.slot).await;
+            retry.note(Call::Read, &read);
+            match read {
                 Ok(view) => break view,
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot read the slot record; retrying");
-                    if !pause(&slot.cancel, backoff.next_delay()).await {
+                    let delay = retry.delay(&err, "cannot read the slot record; retrying");
+                    if !pause(&slot.cancel, delay).await {
                         return Ok(());
                     }
                 }
@@ -220,23 +202,26 @@ impl<'a> Session<'a> {
             events,
             epoch: view.record.epoch,
             view,
+            retry,
         };
-        if !session.take_over(&mut backoff).await {
+        if !session.take_over().await {
             return Ok(());
         }
         tracing::info!(state = %session.view.record.state, epoch = session.epoch, "recovered the slot record; took the slot over");
-        session.run(backoff).await
+        session.run().await
     }
 
     /// Raises the record's lock epoch by one, by compare-and-swap, and makes it this
     /// session's: from then on a worker that held the slot before and still believes it does
     /// fails its next write or fencing check. A record that was unreadable is written back
     /// readable (dirty). Retries until written; `false` when shutdown was asked for first.
-    async fn take_over(&mut self, backoff: &mut Backoff) -> bool {
+    async fn take_over(&mut self) -> bool {
         loop {
             let epoch = self.view.record.epoch.saturating_add(1);
             let record = self.view.record.clone().in_epoch(epoch);
-            match write_slot(&*self.slot.store, &self.view, &record).await {
+            let written = write_slot(&*self.slot.store, &self.view, &record).await;
+            self.retry.note(Call::Write, &written);
+            match written {
                 Ok(view) => {
                     self.view = view;
                     self.epoch = epoch;
@@ -246,18 +231,24 @@ impl<'a> Session<'a> {
                 // yet): read its write and raise the epoch over it.
                 Err(StoreError::Conflict) => {}
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot write the lock epoch; retrying");
-                    if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                    let delay = self
+                        .retry
+                        .delay(&err, "cannot write the lock epoch; retrying");
+                    if !pause(&self.slot.cancel, delay).await {
                         return false;
                     }
                 }
             }
             loop {
-                match read_slot(&*self.slot.store, &self.slot.spec.slot).await {
+                let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
+                self.retry.note(Call::Read, &read);
+                match read {
                     Ok(view) => break self.view = view,
                     Err(err) => {
-                        tracing::warn!(error = %err, "cannot read the slot record; retrying");
-                        if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                        let delay = self
+                            .retry
+                            .delay(&err, "cannot read the slot record; retrying");
+                        if !pause(&self.slot.cancel, delay).await {
                             return false;
                         }
                     }
@@ -266,7 +257,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    async fn run(mut self, mut backoff: Backoff) -> Result<(), Trouble> {
+    async fn run(mut self) -> Result<(), Trouble> {
         loop {
             let step = match self.view.record.state {
                 SlotState::Free => self.serve_free().await,
@@ -275,19 +266,23 @@ impl<'a> Session<'a> {
                 SlotState::Disabled => self.wait_disabled().await,
             };
             match step {
-                Ok(Flow::Continue) => backoff.reset(),
+                Ok(Flow::Continue) => self.retry.reset(),
                 Ok(Flow::Stop) => return Ok(()),
                 Err(Trouble::Store(err)) => {
                     // Keep the lock; back off and decide again from a fresh read.
-                    tracing::warn!(error = %err, "store trouble; will re-read the slot record");
+                    let what = "store trouble; will re-read the slot record";
+                    let mut delay = self.retry.delay(&err, what);
                     loop {
-                        if !pause(&self.slot.cancel, backoff.next_delay()).await {
+                        if !pause(&self.slot.cancel, delay).await {
                             return Ok(());
                         }
                         match self.reread().await {
                             Ok(()) => break,
-                            Err(err @ Trouble::Fenced { .. }) => return Err(err),
-                            Err(err) => tracing::warn!(error = %err, "cannot read the slot record"),
+                            Err(Trouble::Store(err)) => {
+                                delay = self.retry.delay(&err, "cannot read the slot record");
+                            }
+                            // Fenced: another worker has the slot.
+                            Err(other) => return Err(other),
                         }
                     }
                 }
@@ -298,8 +293,10 @@ impl<'a> Session<'a> {
 
     /// Replaces the view with the store's current one; [`Trouble::Fenced`] (and the view left
     /// as it was) if another worker has taken the slot over.
-    pub(crate) async fn reread(&mut self) -> Result<(), Trouble> {
-        let view = read_slot(&*self.slot.store, &self.slot.spec.slot).await?;
+    async fn reread(&mut self) -> Result<(), Trouble> {
+        let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
+        self.retry.note(Call::Read, &read);
+        let view = read?;
         fence(self.epoch, &view.record)?;
         self.view = view;
         Ok(())
@@ -313,7 +310,7 @@ impl<'a> Session<'a> {
     /// The write itself is fenced by its `If-Match`: the ETag is the one of this worker's own
     /// last read or write, and a worker that took the slot over since has written its epoch,
     /// which changed the ETag.
-    pub(crate) async fn transition(
+    async fn transition(
         &mut self,
         next: impl Fn(&SlotRecord) -> Option<SlotRecord>,
     ) -> Result<bool, Trouble> {
@@ -323,7 +320,9 @@ impl<'a> Session<'a> {
                 return Ok(false);
             };
             let record = record.in_epoch(self.epoch);
-            match write_slot(&*self.slot.store, &self.view, &record).await {
+            let written = write_slot(&*self.slot.store, &self.view, &record).await;
+            self.retry.note(Call::Write, &written);
+            match written {
                 Ok(view) => {
                     // Each transition also has a line of its own, at info, saying why.
                     if view.record.state != self.view.record.state {
@@ -343,29 +342,20 @@ impl<'a> Session<'a> {
 
     /// Refuses `delivery` for good: a copy goes to the dead-letter queue with `reason`, and
     /// the original is acked.
-    pub(crate) async fn dead_letter(
-        &self,
-        delivery: &Delivery,
-        reason: &str,
-    ) -> Result<(), Trouble> {
-        broker(berth::broker::dead_letter(
-            &self.channel,
-            &self.slot.names,
-            delivery,
-            reason,
-        ))
-        .await
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), Trouble> {
+        let refused = berth::broker::dead_letter(&self.channel, &self.slot.names, delivery, reason);
+        Ok(bounded(refused).await?)
     }
 
     /// The next message of the control queue; its end means the broker dropped us.
-    pub(crate) async fn next_control(&mut self) -> Result<Delivery, Trouble> {
-        Ok(self.control.next().await.ok_or(Trouble::ConsumerGone)??)
+    async fn next_control(&mut self) -> Result<Delivery, Trouble> {
+        Ok(amqp::next_delivery(&mut self.control).await?)
     }
 
     /// Waits for a release, a renew or the end of the lease (looking at the clock again now
-    /// and then: [`crate::expiry::LOOK_AGAIN`]).
+    /// and then: [`expiry::LOOK_AGAIN`]).
     async fn serve_used(&mut self) -> Result<Flow, Trouble> {
-        let wait = crate::expiry::next_look(&self.view.record, self.slot.options.lease_grace);
+        let wait = expiry::next_look(&self.view.record, self.slot.options.lease_grace);
         let cancel = self.slot.cancel.clone();
         tokio::select! {
             biased;
@@ -395,7 +385,7 @@ impl<'a> Session<'a> {
 }
 
 /// `Ok` if `record` carries lock epoch `ours`; otherwise the slot was taken over.
-pub(crate) fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
+fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
     if record.epoch == ours {
         Ok(())
     } else {
@@ -403,28 +393,5 @@ pub(crate) fn fence(ours: u64, record: &SlotRecord) -> Result<(), Trouble> {
             ours,
             found: record.epoch,
         })
-    }
-}
-
-/// Now, at the precision records keep (milliseconds), so a value written and read back
-/// compares equal.
-pub(crate) fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(3)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Regression (chaos run): a connection cut while a renew's reply awaited its confirm left
-    /// the confirm pending forever, and the slot worker with it; its slot stayed `used` long
-    /// past its lease. Every broker wait is now bounded.
-    #[tokio::test(start_paused = true)]
-    async fn a_broker_wait_that_never_ends_is_cut_off() {
-        let never = std::future::pending::<Result<(), lapin::Error>>();
-        let started = tokio::time::Instant::now();
-        let result = broker(never).await;
-        assert!(matches!(result, Err(Trouble::Stalled(_))), "{result:?}");
-        assert_eq!(started.elapsed(), BROKER_TIMEOUT);
     }
 }

@@ -11,6 +11,8 @@ use tracing::Instrument;
 
 use berth::protocol::{Event, EventKind, Names, PROTOCOL_VERSION, encode};
 
+use super::BROKER_TIMEOUT;
+
 static PUBLISH_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// How many events this process could not publish.
@@ -58,7 +60,7 @@ impl Events {
             &body,
             berth::broker::json_properties(),
         );
-        let confirm = match tokio::time::timeout(crate::slot::BROKER_TIMEOUT, publish).await {
+        let confirm = match tokio::time::timeout(BROKER_TIMEOUT, publish).await {
             Ok(Ok(confirm)) => confirm,
             Ok(Err(err)) => return failed(kind, &err.to_string()),
             Err(_) => return failed(kind, "the broker did not take it in time"),
@@ -66,7 +68,7 @@ impl Events {
         // The channel is in confirm mode: lapin keeps an unawaited confirm until the channel
         // closes, so it is always awaited, here off the transition's path.
         let settle = async move {
-            match tokio::time::timeout(crate::slot::BROKER_TIMEOUT, confirm).await {
+            match tokio::time::timeout(BROKER_TIMEOUT, confirm).await {
                 Ok(Ok(confirmation)) if confirmation.is_ack() => {
                     tracing::debug!(event = kind.as_str(), "event published");
                 }

@@ -16,15 +16,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use berth::protocol::EventKind;
-use berth::record::{SlotRecord, SlotState};
+use berth::record::{SlotRecord, SlotState, now};
 use berth::store::slot::read_slot;
 use berth::store::{LIVE_STATUSES, SlotStore, StoreError};
 
-use crate::slot::{Flow, Session, Trouble, now};
+use super::retry::Call;
+use super::{Flow, Session, Trouble};
 
 /// Why one cleaning attempt failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum CleanError {
+enum CleanError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{left} publication(s) still live after {waited:?}")]
@@ -39,10 +40,10 @@ pub(crate) enum CleanError {
 
 /// The check before each deletion of a cleaning: the record, read again, must still carry
 /// `epoch` and say dirty.
-pub(crate) struct Fence {
-    pub(crate) store: Arc<dyn SlotStore>,
-    pub(crate) slot: String,
-    pub(crate) epoch: u64,
+struct Fence {
+    store: Arc<dyn SlotStore>,
+    slot: String,
+    epoch: u64,
 }
 
 impl Fence {
@@ -70,7 +71,7 @@ const MAX_ERROR_LEN: usize = 200;
 /// Deletes every live publication of the fenced slot's archive and waits until the store
 /// shows none. Each deletion is preceded by a [`Fence::check`], and a publication created
 /// after that check is left for the next round. Answers how many deletions were asked for.
-pub(crate) async fn empty_archive(
+async fn empty_archive(
     fence: Fence,
     poll: Duration,
     timeout: Duration,
@@ -115,14 +116,14 @@ pub(crate) async fn empty_archive(
 }
 
 /// The pause after the `failures`-th failed attempt: doubling from `min`, capped at `max`.
-pub(crate) fn retry_delay(failures: u32, min: Duration, max: Duration) -> Duration {
+fn retry_delay(failures: u32, min: Duration, max: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     min.saturating_mul(1 << doublings).min(max)
 }
 
 impl Session<'_> {
     /// One cleaning attempt of a dirty slot, answering control messages meanwhile.
-    pub(crate) async fn clean(&mut self) -> Result<Flow, Trouble> {
+    pub(super) async fn clean(&mut self) -> Result<Flow, Trouble> {
         let options = &self.slot.options;
         tracing::info!(
             failures = self.view.record.clean_failures,
@@ -137,6 +138,11 @@ impl Session<'_> {
         let Some(result) = self.alongside_control(work).await? else {
             return Ok(Flow::Stop);
         };
+        match &result {
+            Ok(_) => self.retry.succeeded(Call::Clean),
+            Err(CleanError::Store(err)) => self.retry.failed(Call::Clean, err),
+            Err(_) => {}
+        }
         match result {
             Err(CleanError::Fenced { found }) => Err(Trouble::Fenced {
                 ours: self.epoch,

@@ -9,7 +9,7 @@ use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::slot::{BROKER_TIMEOUT, Trouble, broker};
+use super::{BROKER_TIMEOUT, Error, bounded};
 
 /// The most slot workers that share one connection: well below RabbitMQ's default
 /// `channel_max` (2047), and small enough that a connection stays cheap to write to. lapin
@@ -71,13 +71,13 @@ impl Connector {
     pub(crate) async fn channel(
         &self,
         cancel: &CancellationToken,
-    ) -> Option<Result<Channel, Trouble>> {
+    ) -> Option<Result<Channel, Error>> {
         // The lock is not held while a channel opens, so a thousand slot workers starting
         // together open theirs side by side rather than one broker round trip at a time.
         let live = self.live().await;
         if let Some(conn) = &live {
             match tokio::time::timeout(BROKER_TIMEOUT, conn.create_channel()).await {
-                Ok(channel) => return Some(channel.map_err(Trouble::from)),
+                Ok(channel) => return Some(channel.map_err(Error::from)),
                 // Connected by lapin's account but silent: a dead peer it has not noticed.
                 Err(_) => tracing::warn!("the broker did not open a channel in time"),
             }
@@ -92,7 +92,7 @@ impl Connector {
             // Another slot worker reconnected meanwhile.
             let conn = conn.clone();
             drop(current);
-            return Some(broker(conn.create_channel()).await);
+            return Some(bounded(conn.create_channel()).await);
         }
         if current.take().is_some() {
             tracing::warn!("the broker connection is gone; reconnecting");
@@ -101,7 +101,7 @@ impl Connector {
             Arc::new(berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?);
         *current = Some(conn.clone());
         drop(current);
-        Some(broker(conn.create_channel()).await)
+        Some(bounded(conn.create_channel()).await)
     }
 
     /// The current connection, if lapin still counts it as connected.

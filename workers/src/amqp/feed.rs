@@ -29,12 +29,11 @@ use lapin::{Channel, Consumer};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use berth::backoff::Backoff;
+use berth::backoff::{Backoff, pause};
 use berth::protocol::Names;
 
-use crate::connection::Connector;
-use crate::options::WorkerOptions;
-use crate::slot::{Trouble, broker, pause, requeue};
+use super::connection::Connector;
+use super::{Error, bounded, next_delivery, requeue};
 
 /// The feed of one pool in one worker process.
 pub(crate) struct Feed {
@@ -163,14 +162,13 @@ impl Feed {
 
     /// Consumes the pool queue whenever a slot worker waits, until `cancel` fires; then stops
     /// consuming but keeps the channel open until `closing` fires, so the slot workers can
-    /// still settle the requests they hold.
+    /// still settle the requests they hold. After broker trouble it pauses by `backoff`.
     pub(crate) async fn run(
         self: Arc<Self>,
-        options: Arc<WorkerOptions>,
+        mut backoff: Backoff,
         cancel: CancellationToken,
         closing: CancellationToken,
     ) {
-        let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
         let mut channel: Option<Channel> = None;
         loop {
             if !self.wait_for_takers(&cancel).await {
@@ -225,19 +223,19 @@ impl Feed {
         }
     }
 
-    async fn open_channel(&self, cancel: &CancellationToken) -> Option<Result<Channel, Trouble>> {
+    async fn open_channel(&self, cancel: &CancellationToken) -> Option<Result<Channel, Error>> {
         let channel = match self.connector.channel(cancel).await? {
             Ok(channel) => channel,
             Err(err) => return Some(Err(err)),
         };
         let ready = async {
-            broker(berth::broker::declare_pool_queue(
+            bounded(berth::broker::declare_pool_queue(
                 &channel,
                 &self.names,
                 &self.pool,
             ))
             .await?;
-            broker(channel.confirm_select(ConfirmSelectOptions::default())).await
+            bounded(channel.confirm_select(ConfirmSelectOptions::default())).await
         };
         Some(ready.await.map(|()| channel))
     }
@@ -250,10 +248,10 @@ impl Feed {
         channel: &Channel,
         fresh: bool,
         cancel: &CancellationToken,
-    ) -> Result<Round, Trouble> {
+    ) -> Result<Round, Error> {
         let prefetch = self.takers().clamp(1, usize::from(u16::MAX));
-        broker(channel.basic_qos(prefetch as u16, BasicQosOptions::default())).await?;
-        let mut consumer = broker(channel.basic_consume(
+        bounded(channel.basic_qos(prefetch as u16, BasicQosOptions::default())).await?;
+        let mut consumer = bounded(channel.basic_consume(
             self.names.assign_queue(&self.pool).into(),
             "".into(),
             BasicConsumeOptions::default(),
@@ -272,8 +270,8 @@ impl Feed {
                     self.stop(channel, consumer).await?;
                     return Ok(Round::Stop);
                 }
-                delivery = consumer.next() => {
-                    let delivery = delivery.ok_or(Trouble::ConsumerGone)??;
+                delivery = next_delivery(&mut consumer) => {
+                    let delivery = delivery?;
                     if let Some(delivery) = self.hand_over(channel, delivery) {
                         requeue(&delivery).await?;
                     }
@@ -294,11 +292,10 @@ impl Feed {
 
     /// Cancels `consumer` and settles what the broker sent before the cancel took effect:
     /// handed over if somebody waits, back to the queue if not.
-    async fn stop(&self, channel: &Channel, mut consumer: Consumer) -> Result<(), Trouble> {
-        broker(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await?;
+    async fn stop(&self, channel: &Channel, mut consumer: Consumer) -> Result<(), Error> {
+        bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await?;
         // After the cancel-ok the stream yields what it still holds, then ends.
-        while let Some(delivery) = broker(async { Ok::<_, Trouble>(consumer.next().await) }).await?
-        {
+        while let Some(delivery) = bounded(async { Ok::<_, Error>(consumer.next().await) }).await? {
             if let Some(delivery) = self.hand_over(channel, delivery?) {
                 requeue(&delivery).await?;
             }

@@ -2,6 +2,8 @@
 //! only one consumer have it, and drops it the moment the holder's connection dies, so a
 //! standby worker takes over within one retry interval.
 
+use std::time::Duration;
+
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::protocol::AMQPErrorKind;
 use lapin::protocol::AMQPSoftError;
@@ -9,10 +11,10 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connector;
-use crate::options::WorkerOptions;
-use crate::slot::{Trouble, broker};
 use berth::protocol::Names;
+
+use super::connection::Connector;
+use super::{Error, bounded};
 
 /// A held slot lock: the channel every message of this slot worker goes through (in
 /// confirm mode, prefetch 1 per consumer) and the consumer of the slot's control queue.
@@ -21,30 +23,31 @@ pub(crate) struct Lock {
     pub(crate) control: Consumer,
 }
 
-/// Takes the lock of `slot`, standing by while another worker holds it. `Ok(None)` when
-/// `cancel` fires first; an error for broker trouble other than the lock being taken.
+/// Takes the lock of `slot`, standing by while another worker holds it (trying again every
+/// `standby_retry`). `Ok(None)` when `cancel` fires first; an error for broker trouble other
+/// than the lock being taken.
 pub(crate) async fn acquire(
     connector: &Connector,
     names: &Names,
     slot: &str,
-    options: &WorkerOptions,
+    standby_retry: Duration,
     cancel: &CancellationToken,
-) -> Result<Option<Lock>, Trouble> {
+) -> Result<Option<Lock>, Error> {
     let mut standing_by = false;
     loop {
         let Some(channel) = connector.channel(cancel).await else {
             return Ok(None);
         };
         let channel = channel?;
-        broker(berth::broker::declare_common(&channel, names)).await?;
-        broker(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
-        broker(channel.basic_qos(1, BasicQosOptions::default())).await?;
-        broker(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        bounded(berth::broker::declare_common(&channel, names)).await?;
+        bounded(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
+        bounded(channel.basic_qos(1, BasicQosOptions::default())).await?;
+        bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
         let consume = BasicConsumeOptions {
             exclusive: true,
             ..BasicConsumeOptions::default()
         };
-        let consumed = broker(channel.basic_consume(
+        let consumed = bounded(channel.basic_consume(
             names.slot_queue(slot).into(),
             "".into(),
             consume,
@@ -64,7 +67,7 @@ pub(crate) async fn acquire(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(options.standby_retry) => {}
+                    _ = tokio::time::sleep(standby_retry) => {}
                 }
             }
             Err(err) => return Err(err),
@@ -73,8 +76,8 @@ pub(crate) async fn acquire(
 }
 
 /// Whether an exclusive consume failed because another consumer holds the queue.
-fn is_taken(err: &Trouble) -> bool {
-    let Trouble::Broker(err) = err else {
+fn is_taken(err: &Error) -> bool {
+    let Error::Broker(err) = err else {
         return false;
     };
     match err.kind() {

@@ -1,5 +1,5 @@
 //! The free state and the claim path (DESIGN §3 "Acquire"): wait for a request from the
-//! process's pool feed ([`crate::feed`]); on a request, check its deadline, claim the slot by
+//! process's pool feed ([`crate::amqp::feed`]); on a request, check its deadline, claim the slot by
 //! compare-and-swap, reply (mandatory, confirmed) and ack last. Whatever goes wrong before
 //! the ack, the request goes back to its queue for another worker.
 
@@ -12,9 +12,11 @@ use tracing::Instrument;
 
 use berth::lease;
 use berth::protocol::{AssignReply, AssignRequest, EventKind, PROTOCOL_VERSION, decode, encode};
-use berth::record::{SlotRecord, SlotState};
+use berth::record::{SlotRecord, SlotState, now};
 
-use crate::slot::{Flow, Session, Trouble, ack, broker, now, requeue};
+use super::expiry::lease_length;
+use super::{Flow, Session, Trouble};
+use crate::amqp::{ack, bounded, requeue};
 
 /// How a claim ended, short of trouble.
 enum Claim {
@@ -38,7 +40,7 @@ struct Request {
 
 impl Session<'_> {
     /// Waits for requests from the pool feed until one is claimed, shutdown, or trouble.
-    pub(crate) async fn serve_free(&mut self) -> Result<Flow, Trouble> {
+    pub(super) async fn serve_free(&mut self) -> Result<Flow, Trouble> {
         tracing::debug!("free; waiting for an assign request");
         let cancel = self.slot.cancel.clone();
         let feed = self.slot.feed.clone();
@@ -127,7 +129,7 @@ impl Session<'_> {
         let token = lease::new_token();
         let lease_sha256 = lease::token_hash(&token);
         let claimed_at = now();
-        let lease = ChronoDuration::seconds(lease_secs(body.lease_secs));
+        let lease = lease_length(body.lease_secs);
         let mut lease_expires = claimed_at + lease;
         let claimed = self
             .transition(|current| {
@@ -143,6 +145,7 @@ impl Session<'_> {
         if !claimed {
             return Ok(Claim::NotFree);
         }
+        #[cfg(feature = "test-hooks")]
         if self.slot.options.crash_after_claim {
             tracing::error!(
                 "BERTH_WORKER_TEST_CRASH_AFTER_CLAIM is set: aborting between claim and reply"
@@ -178,7 +181,7 @@ impl Session<'_> {
             tracing::warn!(%lease_expires, "the lease ran out before its reply could go out (was this worker stalled?); not handing it out");
             return Ok(Claim::NotFree);
         }
-        let confirm = broker(via.basic_publish(
+        let confirm = bounded(via.basic_publish(
             "".into(),
             request.reply_to.clone(),
             mandatory,
@@ -191,7 +194,7 @@ impl Session<'_> {
         self.events
             .emit(EventKind::Assigned, Some(&body.owner))
             .await;
-        let confirmation = broker(confirm).await?;
+        let confirmation = bounded(confirm).await?;
         let delivered = confirmation.is_ack() && confirmation.take_message().is_none();
         if !delivered {
             tracing::warn!(
@@ -248,9 +251,4 @@ impl Session<'_> {
         }
         Ok(())
     }
-}
-
-/// A lease length chrono can add to a date: at least one second, at most ten years.
-fn lease_secs(asked: u64) -> i64 {
-    asked.clamp(1, 10 * 365 * 24 * 3600) as i64
 }
