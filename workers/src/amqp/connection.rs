@@ -20,6 +20,9 @@ use super::{BROKER_TIMEOUT, Error, bounded};
 /// connection (and lapin I/O thread) per 100 slots.
 pub(crate) const MAX_CHANNELS_PER_CONNECTION: usize = 100;
 
+/// How long a stopping process waits for the broker to confirm a connection's close.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How many connections `slots` slot workers need, at most `per_connection` on each.
 pub(crate) fn shard_count(slots: usize, per_connection: usize) -> usize {
     slots.div_ceil(per_connection.max(1)).max(1)
@@ -113,12 +116,19 @@ impl Connector {
             .cloned()
     }
 
-    /// Closes the connection, if any, once every slot worker is done with it.
+    /// Closes the connection, if any, once every slot worker is done with it. A broker that
+    /// does not confirm the close within [`CLOSE_TIMEOUT`] is not waited for: the process is
+    /// stopping, and the broker drops the connection when its socket goes.
     pub(crate) async fn close(&self) {
         if let Some(conn) = self.current.lock().await.take()
             && conn.status().connected()
         {
-            let _ = conn.close(200, "worker shutting down".into()).await;
+            let closing = conn.close(200, "worker shutting down".into());
+            if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                tracing::warn!(
+                    "the broker did not confirm the connection's close in time; leaving it"
+                );
+            }
         }
     }
 }
