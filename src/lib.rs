@@ -5,6 +5,7 @@ pub mod assigner;
 pub mod backoff;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod fake;

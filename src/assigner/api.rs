@@ -116,6 +116,8 @@ pub(crate) struct Acquired {
     pub(crate) pool: String,
     pub(crate) lease_token: String,
     pub(crate) lease_expires: DateTime<Utc>,
+    /// The lease's length, which renewing for as long again keeps.
+    pub(crate) lease_secs: u64,
     pub(crate) resource: serde_json::Value,
 }
 

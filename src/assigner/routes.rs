@@ -84,6 +84,7 @@ async fn acquire(
         pool,
         lease_token: reply.lease_token,
         lease_expires: reply.lease_expires,
+        lease_secs: request.lease_secs,
         resource: reply.resource,
     }))
 }
