@@ -58,19 +58,21 @@ async fn exhausted_pool_answers_503_with_retry_after_once_the_wait_is_over() {
         "waited {waited:?}"
     );
 
-    let metrics = app.get("/metrics").await.text;
-    assert!(
-        metrics.contains("berth_requests_total{endpoint=\"acquire\",code=\"200\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("berth_requests_total{endpoint=\"acquire\",code=\"503\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("berth_acquire_duration_seconds_count 3"),
-        "{metrics}"
-    );
+    let metrics = parse_metrics(&app.get("/metrics").await.text);
+    let acquire = |code| {
+        let labels = [
+            ("route", "/v1/pools/{pool}/acquire"),
+            ("method", "POST"),
+            ("code", code),
+        ];
+        metric_value(&metrics, "berth_requests_total", &labels)
+    };
+    assert_eq!((acquire("200"), acquire("503")), (2.0, 1.0));
+    let latency = |outcome| {
+        let labels = [("pool", POOL), ("outcome", outcome)];
+        metric_value(&metrics, "berth_acquire_duration_seconds", &labels)
+    };
+    assert_eq!((latency("assigned"), latency("no_slot")), (2.0, 1.0));
     app.stop().await;
 }
 

@@ -19,7 +19,7 @@ use super::api::{
 };
 use super::error::ApiError;
 use super::link::ExchangeError;
-use super::metrics::record_answers;
+use super::metrics::{CONTENT_TYPE, record_answers};
 use super::status::pool_counts;
 use crate::lease::token_matches;
 use crate::protocol::RenewOutcome;
@@ -62,6 +62,21 @@ async fn acquire(
     if app.config.pool(&pool).is_none() {
         return Err(ApiError::UnknownPool(pool));
     }
+    let mut timer = app.metrics.acquire_started(&pool);
+    let answer = assign(&app, pool, body).await;
+    timer.outcome(match &answer {
+        Ok(_) => "assigned",
+        Err(err) => err.code(),
+    });
+    answer
+}
+
+/// Acquire, once its pool is known to exist.
+async fn assign(
+    app: &AppState,
+    pool: String,
+    body: Result<Body<AcquireRequest>, ApiError>,
+) -> Result<Json<Acquired>, ApiError> {
     let request = body?.0.check(&app.config)?;
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
@@ -184,9 +199,21 @@ async fn readyz(State(app): Shared) -> Response {
     }
 }
 
+/// How long a scrape waits for the status read behind `berth_slots`; past it, the last
+/// counts are shown.
+const SCRAPE_STORE_WAIT: Duration = Duration::from_secs(2);
+
 async fn metrics(State(app): Shared) -> Response {
+    let snapshot = match tokio::time::timeout(SCRAPE_STORE_WAIT, app.status.snapshot()).await {
+        Ok(Ok(snapshot)) => Some(snapshot),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "metrics: could not read the slots from the store");
+            None
+        }
+        Err(_) => None,
+    };
     let text = app
         .metrics
-        .render(app.link.waiting_assigns(), app.link.is_up());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        .render(&app.config, app.link.is_up(), snapshot.as_deref());
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }

@@ -1,6 +1,6 @@
 //! Helpers of the integration tests, one module per concern: a namespace per test on the
 //! shared broker, the assigner in-process on port 0, HTTP calls, the binaries as child
-//! processes, polling with a deadline; and, for tests that stop or cut the broker, a private
+//! processes, `/metrics` parsed, polling with a deadline; and, for tests that stop or cut the broker, a private
 //! RabbitMQ node and a TCP proxy. The everyday helpers are re-exported here:
 //! `use support::*`.
 #![allow(unreachable_pub, dead_code, unused_imports)] // each test binary uses a different part of these helpers
@@ -8,6 +8,7 @@
 pub mod app;
 pub mod broker;
 pub mod http;
+pub mod metrics;
 pub mod namespace;
 pub mod process;
 pub mod proxy;
@@ -15,6 +16,7 @@ pub mod wait;
 
 pub use app::TestApp;
 pub use http::*;
+pub use metrics::*;
 pub use namespace::*;
 pub use process::*;
 pub use wait::*;
