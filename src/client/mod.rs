@@ -154,8 +154,8 @@ impl Client {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             // The first try asks for what the caller asked; a retry for what is left.
-            let wait = match (tries, wait_secs) {
-                (0, None) => None,
+            let wait = match tries {
+                0 => wait_secs,
                 _ => Some(left.as_secs()),
             };
             if let Some(wait) = wait {

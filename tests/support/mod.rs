@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod namespace;
 pub mod process;
 pub mod proxy;
+pub mod stack;
 pub mod wait;
 
 pub use app::TestApp;
