@@ -354,3 +354,37 @@ async fn the_slot_of_a_client_that_went_away_is_released() {
     release_direct(&app.names(), "s-1", next["lease_token"].as_str().unwrap()).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn openapi_document_loads_as_openapi_3_1_and_names_every_error() {
+    let config = config(&["s-1"]);
+    let app = TestApp::spawn(config, store()).await;
+    let answer = app.get("/openapi.json").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let spec = oas3::from_json(&answer.text).expect("a valid OpenAPI 3.1 document");
+    let version = spec.validate_version().expect("an OpenAPI 3.1 version");
+    assert_eq!((version.major, version.minor), (3, 1));
+    let operations: Vec<(String, String)> = spec
+        .operations()
+        .map(|(path, method, _)| (method.to_string(), path))
+        .collect();
+    for (method, path) in [
+        ("POST", "/v1/pools/{pool}/acquire"),
+        ("POST", "/v1/slots/{slot}/renew"),
+        ("POST", "/v1/slots/{slot}/release"),
+        ("GET", "/v1/slots"),
+        ("GET", "/v1/pools"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    ] {
+        assert!(
+            operations.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} missing from {operations:?}"
+        );
+    }
+    let renew = &answer.json["paths"]["/v1/slots/{slot}/renew"]["post"]["responses"];
+    for code in ["200", "403", "409", "503"] {
+        assert!(renew[code].is_object(), "renew documents {code}: {renew}");
+    }
+    app.stop().await;
+}

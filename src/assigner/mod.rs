@@ -12,6 +12,7 @@ mod connection;
 mod error;
 mod link;
 mod metrics;
+mod openapi;
 mod pending;
 mod routes;
 mod status;
