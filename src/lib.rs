@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod broker;
 #[cfg(feature = "server")]
 pub mod cli;
+pub mod client;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;

@@ -58,19 +58,21 @@ async fn exhausted_pool_answers_503_with_retry_after_once_the_wait_is_over() {
         "waited {waited:?}"
     );
 
-    let metrics = app.get("/metrics").await.text;
-    assert!(
-        metrics.contains("berth_requests_total{endpoint=\"acquire\",code=\"200\"} 2"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("berth_requests_total{endpoint=\"acquire\",code=\"503\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("berth_acquire_duration_seconds_count 3"),
-        "{metrics}"
-    );
+    let metrics = parse_metrics(&app.get("/metrics").await.text);
+    let acquire = |code| {
+        let labels = [
+            ("route", "/v1/pools/{pool}/acquire"),
+            ("method", "POST"),
+            ("code", code),
+        ];
+        metric_value(&metrics, "berth_requests_total", &labels)
+    };
+    assert_eq!((acquire("200"), acquire("503")), (2.0, 1.0));
+    let latency = |outcome| {
+        let labels = [("pool", POOL), ("outcome", outcome)];
+        metric_value(&metrics, "berth_acquire_duration_seconds", &labels)
+    };
+    assert_eq!((latency("assigned"), latency("no_slot")), (2.0, 1.0));
     app.stop().await;
 }
 
@@ -350,5 +352,39 @@ async fn the_slot_of_a_client_that_went_away_is_released() {
     let next = acquire_ok(&app.http, &app.base, "next", 20).await;
     assert_eq!(next["slot"], "s-1");
     release_direct(&app.names(), "s-1", next["lease_token"].as_str().unwrap()).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_loads_as_openapi_3_1_and_names_every_error() {
+    let config = config(&["s-1"]);
+    let app = TestApp::spawn(config, store()).await;
+    let answer = app.get("/openapi.json").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    let spec = oas3::from_json(&answer.text).expect("a valid OpenAPI 3.1 document");
+    let version = spec.validate_version().expect("an OpenAPI 3.1 version");
+    assert_eq!((version.major, version.minor), (3, 1));
+    let operations: Vec<(String, String)> = spec
+        .operations()
+        .map(|(path, method, _)| (method.to_string(), path))
+        .collect();
+    for (method, path) in [
+        ("POST", "/v1/pools/{pool}/acquire"),
+        ("POST", "/v1/slots/{slot}/renew"),
+        ("POST", "/v1/slots/{slot}/release"),
+        ("GET", "/v1/slots"),
+        ("GET", "/v1/pools"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+    ] {
+        assert!(
+            operations.contains(&(method.to_owned(), path.to_owned())),
+            "{method} {path} missing from {operations:?}"
+        );
+    }
+    let renew = &answer.json["paths"]["/v1/slots/{slot}/renew"]["post"]["responses"];
+    for code in ["200", "403", "409", "503"] {
+        assert!(renew[code].is_object(), "renew documents {code}: {renew}");
+    }
     app.stop().await;
 }

@@ -52,11 +52,15 @@ fn body_error(rejection: JsonRejection) -> ApiError {
 }
 
 /// `POST /v1/pools/{pool}/acquire`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AcquireRequest {
+    /// Who holds the slot (e.g. a CI job URL): 1 to 200 printable characters.
     pub(crate) owner: String,
+    /// Seconds the slot is held without renewing (`min_lease_secs` … `max_lease_secs`;
+    /// default `default_lease_secs`).
     pub(crate) lease_secs: Option<u64>,
+    /// Seconds to wait for a free slot (0 … `max_wait_secs`; default `default_wait_secs`).
     pub(crate) wait_secs: Option<u64>,
 }
 
@@ -110,17 +114,21 @@ fn check_lease(lease_secs: Option<u64>, config: &Config) -> Result<u64, ApiError
 }
 
 /// The answer to a successful acquire.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Acquired {
     pub(crate) slot: String,
     pub(crate) pool: String,
     pub(crate) lease_token: String,
     pub(crate) lease_expires: DateTime<Utc>,
+    /// The lease's length, which renewing for as long again keeps.
+    pub(crate) lease_secs: u64,
+    /// What the slot is (for a PPA: its `reference`, `ppa:OWNER/NAME`, and links).
+    #[schema(value_type = Object)]
     pub(crate) resource: serde_json::Value,
 }
 
 /// `POST /v1/slots/{slot}/renew`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RenewRequest {
     pub(crate) lease_token: String,
@@ -136,7 +144,7 @@ impl RenewRequest {
 }
 
 /// `POST /v1/slots/{slot}/release`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReleaseRequest {
     pub(crate) lease_token: String,
@@ -152,7 +160,7 @@ pub(crate) fn check_token(token: &str) -> Result<(), ApiError> {
 }
 
 /// The answer to a successful renew.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Renewed {
     pub(crate) lease_expires: DateTime<Utc>,
 }

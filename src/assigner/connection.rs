@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::metrics::Metrics;
 use super::pending::Pending;
 use crate::backoff::Backoff;
 use crate::broker::{self, PERSISTENT, json_properties};
@@ -169,12 +170,14 @@ pub(crate) struct LinkConfig {
 /// [`RELEASE_FLUSH`]).
 pub(crate) async fn connection_loop(
     config: LinkConfig,
+    metrics: Arc<Metrics>,
     pending: Arc<Pending>,
     current: watch::Sender<Option<Arc<Connected>>>,
     cancel: CancellationToken,
     releases_done: CancellationToken,
 ) {
     let mut epoch = 0;
+    let mut connected_once = false;
     let mut backoff = Backoff::new(Duration::from_millis(100), broker::RECONNECT_MAX);
     loop {
         let name = format!(
@@ -191,6 +194,9 @@ pub(crate) async fn connection_loop(
             Ok((connected, replies)) => {
                 backoff.reset();
                 tracing::info!(epoch, "connected to the broker");
+                if std::mem::replace(&mut connected_once, true) {
+                    metrics.broker_reconnected();
+                }
                 current.send_replace(Some(Arc::clone(&connected)));
                 serve_replies(&connected, replies, &pending, &cancel).await;
                 if cancel.is_cancelled() {

@@ -75,6 +75,7 @@ pub(crate) fn start(
     let releases_done = CancellationToken::new();
     tracker.spawn(connection_loop(
         config,
+        Arc::clone(&metrics),
         pending,
         tx,
         cancel.clone(),
@@ -99,11 +100,6 @@ impl Link {
     /// Whether a broker connection is up.
     pub(crate) fn is_up(&self) -> bool {
         self.connected().is_some()
-    }
-
-    /// How many assigns are waiting for a slot.
-    pub(crate) fn waiting_assigns(&self) -> usize {
-        self.pending.waiting_acquires()
     }
 
     /// Waits for a live connection; `None` once `cancel` fires.

@@ -12,6 +12,7 @@ mod connection;
 mod error;
 mod link;
 mod metrics;
+mod openapi;
 mod pending;
 mod routes;
 mod status;
@@ -60,7 +61,7 @@ impl Application {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
-        let metrics = Arc::new(metrics::Metrics::default());
+        let metrics = Arc::new(metrics::Metrics::new(&config));
         let tracker = TaskTracker::new();
         let shutdown = CancellationToken::new();
         let link_stop = CancellationToken::new();

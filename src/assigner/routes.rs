@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -19,8 +19,9 @@ use super::api::{
 };
 use super::error::ApiError;
 use super::link::ExchangeError;
-use super::metrics::record_answers;
-use super::status::pool_counts;
+use super::metrics::{CONTENT_TYPE, record_answers};
+use super::openapi::{ErrorBody, Health, Pools, Released};
+use super::status::{Snapshot, pool_counts};
 use crate::lease::token_matches;
 use crate::protocol::RenewOutcome;
 use crate::record::SlotState;
@@ -28,16 +29,28 @@ use crate::store::slot::read_slot;
 
 type Shared = State<Arc<AppState>>;
 
+/// Every route: method, path template, handler. The router is built from this table only,
+/// and a test compares it with the OpenAPI document's paths ([`super::openapi`]).
+pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        (Method::POST, "/v1/pools/{pool}/acquire", post(acquire)),
+        (Method::POST, "/v1/slots/{slot}/renew", post(renew)),
+        (Method::POST, "/v1/slots/{slot}/release", post(release)),
+        (Method::GET, "/v1/slots", get(slots)),
+        (Method::GET, "/v1/pools", get(pools)),
+        (Method::GET, "/healthz", get(healthz)),
+        (Method::GET, "/readyz", get(readyz)),
+        (Method::GET, "/metrics", get(metrics)),
+        (Method::GET, "/openapi.json", get(openapi_json)),
+    ]
+}
+
 pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
-    axum::Router::new()
-        .route("/v1/pools/{pool}/acquire", post(acquire))
-        .route("/v1/slots/{slot}/renew", post(renew))
-        .route("/v1/slots/{slot}/release", post(release))
-        .route("/v1/slots", get(slots))
-        .route("/v1/pools", get(pools))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let mut router = axum::Router::new();
+    for (_, path, handler) in routes() {
+        router = router.route(path, handler);
+    }
+    router
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.metrics),
             record_answers,
@@ -53,8 +66,22 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+/// Takes a slot of the pool, waiting up to `wait_secs` for one to come free.
+#[utoipa::path(
+    post,
+    path = "/v1/pools/{pool}/acquire",
+    params(("pool" = String, Path, description = "The pool to take a slot from")),
+    request_body = AcquireRequest,
+    responses(
+        (status = 200, description = "A slot and its lease", body = Acquired),
+        (status = 400, description = "Bad input (the message names the field), or a body that is not JSON of this shape (`bad_body`)", body = ErrorBody),
+        (status = 404, description = "`unknown_pool`", body = ErrorBody),
+        (status = 413, description = "`bad_body`: the body is too large", body = ErrorBody),
+        (status = 503, description = "`no_slot` (none came free within the wait), `broker_unavailable`, `shutting_down`; with `Retry-After`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(pool = %pool, request_id))]
-async fn acquire(
+pub(crate) async fn acquire(
     State(app): Shared,
     Path(pool): Path<String>,
     body: Result<Body<AcquireRequest>, ApiError>,
@@ -62,6 +89,21 @@ async fn acquire(
     if app.config.pool(&pool).is_none() {
         return Err(ApiError::UnknownPool(pool));
     }
+    let mut timer = app.metrics.acquire_started(&pool);
+    let answer = assign(&app, pool, body).await;
+    timer.outcome(match &answer {
+        Ok(_) => "assigned",
+        Err(err) => err.code(),
+    });
+    answer
+}
+
+/// Acquire, once its pool is known to exist.
+async fn assign(
+    app: &AppState,
+    pool: String,
+    body: Result<Body<AcquireRequest>, ApiError>,
+) -> Result<Json<Acquired>, ApiError> {
     let request = body?.0.check(&app.config)?;
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
@@ -84,12 +126,28 @@ async fn acquire(
         pool,
         lease_token: reply.lease_token,
         lease_expires: reply.lease_expires,
+        lease_secs: request.lease_secs,
         resource: reply.resource,
     }))
 }
 
+/// Extends the lease to `lease_secs` from now (the server's default when absent).
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/renew",
+    params(("slot" = String, Path, description = "The slot held")),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "Renewed", body = Renewed),
+        (status = 400, description = "Bad input or body", body = ErrorBody),
+        (status = 403, description = "`wrong_token`", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`not_held`: the lease is over", body = ErrorBody),
+        (status = 503, description = "`worker_unavailable`, `broker_unavailable`, `shutting_down`; with `Retry-After`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(slot = %slot))]
-async fn renew(
+pub(crate) async fn renew(
     State(app): Shared,
     Path(slot): Path<String>,
     body: Result<Body<RenewRequest>, ApiError>,
@@ -116,8 +174,22 @@ async fn renew(
 
 /// Checks the token against the store, then hands the release to the broker: once confirmed
 /// it is never lost, even while the slot's worker is down.
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/release",
+    params(("slot" = String, Path, description = "The slot held")),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 202, description = "Handed to the slot's worker; the slot is cleaned, then free again", body = Released),
+        (status = 400, description = "Bad input or body", body = ErrorBody),
+        (status = 403, description = "`wrong_token`", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`not_held`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` (`Retry-After: 1`), `broker_unavailable`", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(slot = %slot))]
-async fn release(
+pub(crate) async fn release(
     State(app): Shared,
     Path(slot): Path<String>,
     body: Result<Body<ReleaseRequest>, ApiError>,
@@ -145,14 +217,24 @@ async fn release(
     Ok((StatusCode::ACCEPTED, Json(json!({"slot": slot}))).into_response())
 }
 
-async fn slots(State(app): Shared) -> Response {
+/// Every slot's state, from one bulk read of the store at most 2 s old (`as_of`).
+#[utoipa::path(get, path = "/v1/slots", responses(
+    (status = 200, description = "The slots", body = Snapshot),
+    (status = 503, description = "`store_unavailable`", body = ErrorBody),
+))]
+pub(crate) async fn slots(State(app): Shared) -> Response {
     match app.status.snapshot().await {
         Ok(snapshot) => Json(snapshot.as_ref()).into_response(),
         Err(err) => ApiError::Store(err).into_response(),
     }
 }
 
-async fn pools(State(app): Shared) -> Response {
+/// Every pool's counts by state, and its waiting requests and consumers from the broker.
+#[utoipa::path(get, path = "/v1/pools", responses(
+    (status = 200, description = "The pools", body = Pools),
+    (status = 503, description = "`store_unavailable`", body = ErrorBody),
+))]
+pub(crate) async fn pools(State(app): Shared) -> Response {
     let snapshot = match app.status.snapshot().await {
         Ok(snapshot) => snapshot,
         Err(err) => return ApiError::Store(err).into_response(),
@@ -169,11 +251,18 @@ async fn pools(State(app): Shared) -> Response {
     Json(json!({"as_of": snapshot.as_of, "pools": pools})).into_response()
 }
 
-async fn healthz() -> Response {
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive", body = Health)))]
+pub(crate) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-async fn readyz(State(app): Shared) -> Response {
+/// Readiness: connected to the broker and not shutting down.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Ready", body = Health),
+    (status = 503, description = "`broker_unavailable`, `shutting_down`", body = ErrorBody),
+))]
+pub(crate) async fn readyz(State(app): Shared) -> Response {
     if app.shutdown.is_cancelled() {
         ApiError::ShuttingDown.into_response()
     } else if app.link.is_up() {
@@ -183,9 +272,33 @@ async fn readyz(State(app): Shared) -> Response {
     }
 }
 
-async fn metrics(State(app): Shared) -> Response {
+/// How long a scrape waits for the status read behind `berth_slots`; past it, the last
+/// counts are shown.
+const SCRAPE_STORE_WAIT: Duration = Duration::from_secs(2);
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text"),
+))]
+pub(crate) async fn metrics(State(app): Shared) -> Response {
+    let snapshot = match tokio::time::timeout(SCRAPE_STORE_WAIT, app.status.snapshot()).await {
+        Ok(Ok(snapshot)) => Some(snapshot),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "metrics: could not read the slots from the store");
+            None
+        }
+        Err(_) => None,
+    };
     let text = app
         .metrics
-        .render(app.link.waiting_assigns(), app.link.is_up());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        .render(&app.config, app.link.is_up(), snapshot.as_deref());
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+}
+
+/// This document: the API as OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", responses(
+    (status = 200, description = "The OpenAPI document", body = Object),
+))]
+pub(crate) async fn openapi_json() -> Response {
+    Json(super::openapi::document()).into_response()
 }

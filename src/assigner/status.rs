@@ -18,7 +18,7 @@ use crate::store::{SlotStore, StoreError};
 const FRESH_FOR: Duration = Duration::from_secs(2);
 
 /// One slot as `GET /v1/slots` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct SlotStatus {
     pub(crate) slot: String,
     pub(crate) pool: String,
@@ -32,7 +32,7 @@ pub(crate) struct SlotStatus {
 }
 
 /// The slots of every configured pool, as of one store read.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct Snapshot {
     pub(crate) as_of: DateTime<Utc>,
     pub(crate) slots: Vec<SlotStatus>,
@@ -106,7 +106,7 @@ impl StatusCache {
 }
 
 /// One pool as `GET /v1/pools` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct PoolStatus {
     pub(crate) pool: String,
     pub(crate) slots: usize,

@@ -1,28 +1,65 @@
 //! The client commands of `berth` (DESIGN §4): `acquire`, `renew`, `release`, `status` and
-//! `run`. Every flag also reads an environment variable, so a CI job can `eval` the output of
+//! `run`, over [`crate::client::Client`], which retries what is temporary within `--wait`.
+//! Every flag also reads an environment variable, so a CI job can `eval` the output of
 //! `berth acquire --format env` and call `berth renew` / `berth release` without flags.
 //!
 //! Exit codes: 0 ok, 3 no slot came free within the wait, 4 wrong token or slot not held,
-//! 1 anything else. `berth run` exits with its command's code.
+//! 1 anything else. `berth run` has its own ([`run`]).
 
-pub mod client;
 pub mod duration;
+pub mod generate;
 pub mod output;
 mod run;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use client::{Client, ClientError};
+use crate::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Retrying};
 use output::Format;
 
-pub use run::run;
+pub use run::{EXIT_BERTH_FAILED, EXIT_LEASE_LOST, EXIT_NO_SLOT_IN_TIME, OnLeaseLost, run};
 
-/// Where the assigner is and how to print.
+/// Where the assigner is, and how long to keep trying.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the assigner.
     #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// How long to wait (seconds, or 30s, 5m, 1h): for `acquire` and `run`, for a free slot
+    /// (default: the server's, 60 s); for every command, for an assigner that is restarting,
+    /// unreachable or busy: temporary failures are retried within it (default 30 s).
+    #[arg(long, env = "BERTH_WAIT", value_parser = duration::parse_secs)]
+    pub wait: Option<u64>,
+}
+
+impl ClientArgs {
+    /// The client, retrying within `--wait` and saying so on stderr once per call.
+    pub fn client(&self) -> Client {
+        let budget = self
+            .wait
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_RETRY_BUDGET);
+        Client::new(&self.url)
+            .retry_for(budget)
+            .on_retry(say_retrying)
+    }
+}
+
+/// One stderr line when a call first retries.
+fn say_retrying(retry: &Retrying) {
+    if retry.attempt == 1 {
+        eprintln!(
+            "berth: {} failed for now ({}); retrying for up to {} s",
+            retry.call,
+            retry.reason,
+            retry.remaining.as_secs()
+        );
+    }
+}
+
+/// How a command prints what it got.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FormatArgs {
     /// Output: `text` for people, `json` for programs, `env` for `eval` in a shell.
     #[arg(long, env = "BERTH_FORMAT", value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -30,7 +67,7 @@ pub struct ClientArgs {
 
 /// What `acquire` and `run` ask for.
 #[derive(Debug, Clone, clap::Args)]
-pub struct AcquireArgs {
+pub struct SlotRequestArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// The pool to take a slot from.
@@ -39,12 +76,18 @@ pub struct AcquireArgs {
     /// Who holds the slot, shown in status (default: USER@HOST).
     #[arg(long, env = "BERTH_OWNER")]
     pub owner: Option<String>,
-    /// How long to wait for a free slot (seconds, or 30s, 5m, 1h); default: the server's.
-    #[arg(long, env = "BERTH_WAIT", value_parser = duration::parse_secs)]
-    pub wait: Option<u64>,
     /// How long the lease lasts without renewing (seconds, or 30m, 2h); default: the server's.
     #[arg(long, env = "BERTH_LEASE", value_parser = duration::parse_secs)]
     pub lease: Option<u64>,
+}
+
+/// Flags of `berth acquire`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AcquireArgs {
+    #[command(flatten)]
+    pub request: SlotRequestArgs,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 /// Flags of `berth renew`.
@@ -54,9 +97,15 @@ pub struct RenewArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub held: HeldArgs,
-    /// The new lease length from now (seconds, or 30m, 2h); default: the server's.
+    /// The new lease length from now (seconds, or 30m, 2h); default: the holder's lease
+    /// length (`BERTH_LEASE_SECS`, as acquire printed it), else the server's.
     #[arg(long, env = "BERTH_LEASE", value_parser = duration::parse_secs)]
     pub lease: Option<u64>,
+    /// The holder's lease length, as `acquire --format env` and `berth run` set it.
+    #[arg(long, env = "BERTH_LEASE_SECS", hide = true)]
+    pub lease_secs: Option<u64>,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 /// Flags of `berth release`.
@@ -66,6 +115,8 @@ pub struct ReleaseArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub held: HeldArgs,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 /// The slot held and its lease token, as acquire printed them.
@@ -84,13 +135,23 @@ pub struct HeldArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub client: ClientArgs,
+    #[command(flatten)]
+    pub output: FormatArgs,
 }
 
 /// Flags of `berth run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    pub acquire: AcquireArgs,
+    pub request: SlotRequestArgs,
+    /// What to do when the lease is lost while the command runs (taken back, expired after
+    /// a network split): `kill` sends the command SIGTERM (SIGKILL after --kill-after) and
+    /// exits 76; `warn` only says so and lets it finish.
+    #[arg(long, env = "BERTH_ON_LEASE_LOST", value_enum, default_value_t = OnLeaseLost::Kill)]
+    pub on_lease_lost: OnLeaseLost,
+    /// How long the command has after SIGTERM before SIGKILL (seconds, or 30s, 2m).
+    #[arg(long, env = "BERTH_KILL_AFTER", value_parser = duration::parse_secs, default_value = "30")]
+    pub kill_after: u64,
     /// The command to run with the slot, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -110,46 +171,43 @@ pub fn default_owner() -> String {
     format!("{user}@{host}")
 }
 
-/// Prints a failed call's message and what to do, and gives its exit code.
+/// Prints a failed call's message and gives its exit code.
 pub(crate) fn fail(err: &ClientError) -> ExitCode {
     eprintln!("berth: {err}");
-    if let ClientError::Api {
-        retry_after: Some(secs),
-        ..
-    } = err
-    {
-        eprintln!("berth: the assigner suggests retrying in {secs} s");
-    }
     ExitCode::from(err.exit_code())
 }
 
 /// `berth acquire`.
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client.url);
-    let owner = args.owner.clone().unwrap_or_else(default_owner);
-    match client
-        .acquire(&args.pool, &owner, args.lease, args.wait)
+    let request = &args.request;
+    let owner = request.owner.clone().unwrap_or_else(default_owner);
+    match request
+        .client
+        .client()
+        .acquire(&request.pool, &owner, request.lease, request.client.wait)
         .await
     {
         Ok(lease) => {
-            print!("{}", output::acquired(&lease, args.client.format));
+            print!("{}", output::acquired(&lease, args.output.format));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(fail(&err)),
     }
 }
 
-/// `berth renew`.
+/// `berth renew`: for `--lease`, else for the holder's lease length.
 pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client.url);
-    match client
-        .renew(&args.held.slot, &args.held.token, args.lease)
+    let lease_secs = args.lease.or(args.lease_secs);
+    match args
+        .client
+        .client()
+        .renew(&args.held.slot, &args.held.token, lease_secs)
         .await
     {
         Ok(expires) => {
             print!(
                 "{}",
-                output::renewed(&args.held.slot, expires, args.client.format)
+                output::renewed(&args.held.slot, expires, lease_secs, args.output.format)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -159,10 +217,14 @@ pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth release`.
 pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client.url);
-    match client.release(&args.held.slot, &args.held.token).await {
+    match args
+        .client
+        .client()
+        .release(&args.held.slot, &args.held.token)
+        .await
+    {
         Ok(()) => {
-            print!("{}", output::released(&args.held.slot, args.client.format));
+            print!("{}", output::released(&args.held.slot, args.output.format));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(fail(&err)),
@@ -171,13 +233,9 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client.url);
-    let result = async {
-        Ok::<_, ClientError>((client.status("pools").await?, client.status("slots").await?))
-    };
-    match result.await {
-        Ok((pools, slots)) => {
-            print!("{}", output::status(&pools, &slots, args.client.format));
+    match args.client.client().status().await {
+        Ok(status) => {
+            print!("{}", output::status(&status, args.output.format));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(fail(&err)),

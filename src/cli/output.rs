@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::client::Lease;
+use crate::client::{Lease, Status};
 
 /// Output format of the client commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,6 +20,7 @@ pub fn lease_env(lease: &Lease) -> Vec<(&'static str, String)> {
         ("BERTH_POOL", lease.pool.clone()),
         ("BERTH_LEASE_TOKEN", lease.lease_token.clone()),
         ("BERTH_LEASE_EXPIRES", lease.lease_expires.to_rfc3339()),
+        ("BERTH_LEASE_SECS", lease.lease_secs.to_string()),
     ];
     if let Some(ppa) = lease.ppa() {
         vars.push(("BERTH_PPA", ppa));
@@ -65,42 +66,74 @@ pub fn acquired(lease: &Lease, format: Format) -> String {
     }
 }
 
-/// What `berth renew` prints.
-pub fn renewed(slot: &str, expires: chrono::DateTime<chrono::Utc>, format: Format) -> String {
+/// The variables a holder's environment has, which `berth release --format env` unsets.
+const HOLDER_VARS: [&str; 6] = [
+    "BERTH_SLOT",
+    "BERTH_POOL",
+    "BERTH_PPA",
+    "BERTH_LEASE_TOKEN",
+    "BERTH_LEASE_EXPIRES",
+    "BERTH_LEASE_SECS",
+];
+
+/// What `berth renew` prints: the new expiry, and the lease length it keeps.
+pub fn renewed(
+    slot: &str,
+    expires: chrono::DateTime<chrono::Utc>,
+    lease_secs: Option<u64>,
+    format: Format,
+) -> String {
     match format {
-        Format::Json => json_line(&json!({"slot": slot, "lease_expires": expires})),
-        Format::Env => exports(&[("BERTH_LEASE_EXPIRES", expires.to_rfc3339())]),
+        Format::Json => {
+            json_line(&json!({"slot": slot, "lease_expires": expires, "lease_secs": lease_secs}))
+        }
+        Format::Env => {
+            let mut vars = vec![("BERTH_LEASE_EXPIRES", expires.to_rfc3339())];
+            if let Some(secs) = lease_secs {
+                vars.push(("BERTH_LEASE_SECS", secs.to_string()));
+            }
+            exports(&vars)
+        }
         Format::Text => format!("lease of {slot} renewed until {}\n", expires.to_rfc3339()),
     }
 }
 
-/// What `berth release` prints.
+/// What `berth release` prints; in `env`, a line that unsets the holder's variables.
 pub fn released(slot: &str, format: Format) -> String {
     match format {
         Format::Json => json_line(&json!({"slot": slot, "released": true})),
-        Format::Env => String::new(),
+        Format::Env => format!("unset {}\n", HOLDER_VARS.join(" ")),
         Format::Text => format!("released {slot}; it is cleaned, then free again\n"),
     }
 }
 
-/// What `berth status` prints, from `GET /v1/pools` and `GET /v1/slots`.
-pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
-    if format == Format::Json {
-        return json_line(
-            &json!({"pools": pools["pools"], "slots": slots["slots"], "as_of": slots["as_of"]}),
-        );
+/// What `berth status` prints, from `GET /v1/pools` and `GET /v1/slots`. In `env`: the
+/// counts of every pool as `BERTH_POOL_<NAME>_<COUNT>` (name upper-cased, other characters
+/// than letters and digits as `_`), and the pools' names in `BERTH_POOLS`.
+pub fn status(status: &Status, format: Format) -> String {
+    let Status {
+        as_of,
+        pools,
+        slots,
+    } = status;
+    match format {
+        Format::Json => {
+            return json_line(&json!({"pools": pools, "slots": slots, "as_of": as_of}));
+        }
+        Format::Env => return status_env(status),
+        Format::Text => {}
     }
     let text = |v: &Value| match v {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut out = format!("as of {}\n\n", text(&slots["as_of"]));
+    let mut out = format!("as of {}\n\n", text(as_of));
     out.push_str(&format!(
         "{:<16} {:>5} {:>5} {:>5} {:>5} {:>8} {:>7} {:>9}\n",
         "POOL", "SLOTS", "FREE", "USED", "DIRTY", "DISABLED", "WAITING", "CONSUMERS"
     ));
-    for pool in pools["pools"].as_array().into_iter().flatten() {
+    for pool in pools.as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:<16} {:>5} {:>5} {:>5} {:>5} {:>8} {:>7} {:>9}\n",
             text(&pool["pool"]),
@@ -117,7 +150,7 @@ pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
         "\n{:<16} {:<12} {:<9} {:<26} {}\n",
         "SLOT", "POOL", "STATE", "LEASE_EXPIRES", "OWNER"
     ));
-    for slot in slots["slots"].as_array().into_iter().flatten() {
+    for slot in slots.as_array().into_iter().flatten() {
         out.push_str(&format!(
             "{:<16} {:<12} {:<9} {:<26} {}\n",
             text(&slot["slot"]),
@@ -131,6 +164,47 @@ pub fn status(pools: &Value, slots: &Value, format: Format) -> String {
         }
     }
     out
+}
+
+fn status_env(status: &Status) -> String {
+    let mut vars = Vec::new();
+    if let Some(as_of) = status.as_of.as_str() {
+        vars.push(("BERTH_AS_OF".to_owned(), as_of.to_owned()));
+    }
+    let mut names = Vec::new();
+    for pool in status.pools.as_array().into_iter().flatten() {
+        let Some(name) = pool["pool"].as_str() else {
+            continue;
+        };
+        names.push(name.to_owned());
+        let key: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        for count in [
+            "slots",
+            "free",
+            "used",
+            "dirty",
+            "disabled",
+            "waiting",
+            "consumers",
+        ] {
+            if let Some(n) = pool[count].as_u64() {
+                let var = format!("BERTH_POOL_{key}_{}", count.to_ascii_uppercase());
+                vars.push((var, n.to_string()));
+            }
+        }
+    }
+    vars.push(("BERTH_POOLS".to_owned(), names.join(" ")));
+    let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    exports(&vars)
 }
 
 fn json_line(value: &Value) -> String {
@@ -147,6 +221,7 @@ mod tests {
             slot: "ppa-1".into(),
             pool: "ppa".into(),
             lease_token: "abc".into(),
+            lease_secs: 600,
             lease_expires: chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
                 .unwrap()
                 .into(),
@@ -158,6 +233,7 @@ mod tests {
             text.contains("export BERTH_PPA=ppa:berth-ci/ppa-1\n"),
             "{text}"
         );
+        assert!(text.contains("export BERTH_LEASE_SECS=600\n"), "{text}");
         assert_eq!(shell_quote("it's $x"), r"'it'\''s $x'");
         assert_eq!(shell_quote(""), "''");
     }
@@ -168,6 +244,7 @@ mod tests {
             slot: "s".into(),
             pool: "p".into(),
             lease_token: "t".into(),
+            lease_secs: 60,
             lease_expires: chrono::Utc::now(),
             resource: json!({"reference": "~team/ubuntu/ppa-2"}),
         };

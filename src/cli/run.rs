@@ -1,33 +1,70 @@
 //! `berth run --pool P -- CMD…`: acquire a slot, keep its lease renewed, run CMD with the slot
-//! in its environment, forward SIGINT/SIGTERM to it, release the slot on every way out, and
-//! exit with CMD's code (128 + signal when a signal killed it).
+//! in its environment, forward SIGINT/SIGTERM to it, release the slot on every way out.
+//!
+//! Exit codes: CMD's own (128 + signal when a signal killed it; 127 when it cannot be found,
+//! 126 when it cannot run); [`EXIT_NO_SLOT_IN_TIME`] (75) when no slot came free within the
+//! wait; [`EXIT_LEASE_LOST`] (76) when the lease was lost while CMD ran (CMD gets SIGTERM,
+//! then SIGKILL after `--kill-after`, unless `--on-lease-lost warn`); [`EXIT_BERTH_FAILED`]
+//! (70) when berth itself failed (the assigner unreachable for the whole wait, a refused
+//! request).
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitCode, ExitStatus};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Client, ClientError, Lease};
 use super::output::lease_env;
-use super::{RunArgs, default_owner, fail};
+use super::{RunArgs, default_owner};
+use crate::client::{Client, ClientError, Lease};
+
+/// `berth run`: no slot came free within the wait (sysexits' `EX_TEMPFAIL`).
+pub const EXIT_NO_SLOT_IN_TIME: u8 = 75;
+/// `berth run`: the lease was lost while the command ran (sysexits' `EX_PROTOCOL`).
+pub const EXIT_LEASE_LOST: u8 = 76;
+/// `berth run`: berth itself failed (sysexits' `EX_SOFTWARE`).
+pub const EXIT_BERTH_FAILED: u8 = 70;
+
+/// Renewals that fail for now are retried until this long before the lease runs out (a
+/// tenth of the lease, at least 2 s), so a renew that finally goes through still finds it.
+fn renew_margin(lease_secs: u64) -> Duration {
+    Duration::from_secs(lease_secs / 10).max(Duration::from_secs(2))
+}
+
+/// What `berth run` does when the lease is lost while the command runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLeaseLost {
+    /// SIGTERM to the command, SIGKILL after `--kill-after`; exit 76.
+    Kill,
+    /// Say so on stderr and let the command finish; exit with its code.
+    Warn,
+}
 
 /// `berth run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let acquire = &args.acquire;
-    let client = Client::new(&acquire.client.url);
-    let owner = acquire.owner.clone().unwrap_or_else(default_owner);
+    let request = &args.request;
+    let client = request.client.client();
+    let owner = request.owner.clone().unwrap_or_else(default_owner);
     let lease = match client
-        .acquire(&acquire.pool, &owner, acquire.lease, acquire.wait)
+        .acquire(&request.pool, &owner, request.lease, request.client.wait)
         .await
     {
         Ok(lease) => lease,
-        Err(err) => return Ok(fail(&err)),
+        Err(err) => {
+            eprintln!("berth: {err}");
+            let code = if err.is_no_slot() {
+                EXIT_NO_SLOT_IN_TIME
+            } else {
+                EXIT_BERTH_FAILED
+            };
+            return Ok(ExitCode::from(code));
+        }
     };
     eprintln!(
         "berth: holding {} (pool {}) for `{}`",
@@ -35,32 +72,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         lease.pool,
         args.command.join(" ")
     );
-    let lease_secs = acquire
-        .lease
-        .unwrap_or_else(|| (lease.lease_expires - Utc::now()).num_seconds().max(1) as u64);
 
     let stop_renewing = CancellationToken::new();
+    let (lost_tx, lost_rx) = oneshot::channel();
     let renewer = tokio::spawn(keep_renewed(
         client.clone(),
         lease.clone(),
-        lease_secs,
         stop_renewing.clone(),
+        lost_tx,
     ));
-    let outcome = run_command(&args.command, &lease).await;
+    let outcome = run_command(&args, &lease, lost_rx).await;
     stop_renewing.cancel();
-    let _ = renewer.await;
+    let expires = renewer.await.unwrap_or(lease.lease_expires);
 
-    match client.release(&lease.slot, &lease.lease_token).await {
-        Ok(()) => eprintln!("berth: released {}", lease.slot),
-        Err(err) => eprintln!(
-            "berth: could not release {} ({err}); it comes back when its lease expires at {}",
-            lease.slot,
-            lease.lease_expires.to_rfc3339()
-        ),
-    }
-    match outcome {
-        Ok(status) => Ok(ExitCode::from(exit_code(status))),
+    let (status, lost) = match outcome {
+        Ok(done) => done,
         Err(err) => {
+            release(&client, &lease, expires).await;
             eprintln!("berth: cannot run `{}`: {err}", args.command[0]);
             // As shells do: 127 when the command is not found, 126 when it cannot run.
             let code = if err.kind() == std::io::ErrorKind::NotFound {
@@ -68,31 +96,92 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             } else {
                 126
             };
-            Ok(ExitCode::from(code))
+            return Ok(ExitCode::from(code));
         }
+    };
+    if lost {
+        eprintln!(
+            "berth: not releasing {}: its lease is no longer ours",
+            lease.slot
+        );
+        if args.on_lease_lost == OnLeaseLost::Kill {
+            return Ok(ExitCode::from(EXIT_LEASE_LOST));
+        }
+    } else {
+        release(&client, &lease, expires).await;
+    }
+    Ok(ExitCode::from(exit_code(status)))
+}
+
+/// Releases the slot, retrying until shortly before the lease would run out anyway.
+async fn release(client: &Client, lease: &Lease, expires: DateTime<Utc>) {
+    let left = (expires - Utc::now()).to_std().unwrap_or_default();
+    let client = client
+        .clone()
+        .retry_for(left.saturating_sub(renew_margin(lease.lease_secs)));
+    match client.release(&lease.slot, &lease.lease_token).await {
+        Ok(()) => eprintln!("berth: released {}", lease.slot),
+        Err(err) => eprintln!(
+            "berth: could not release {} ({err}); it comes back when its lease expires at {}",
+            lease.slot,
+            expires.to_rfc3339()
+        ),
     }
 }
 
-/// Runs the command with the lease in its environment, forwarding SIGINT and SIGTERM.
-async fn run_command(command: &[String], lease: &Lease) -> std::io::Result<ExitStatus> {
+/// Runs the command with the lease in its environment, forwarding SIGINT and SIGTERM; when
+/// `lost` fires, acts as `--on-lease-lost` says. Answers the command's status and whether
+/// the lease was lost.
+async fn run_command(
+    args: &RunArgs,
+    lease: &Lease,
+    mut lost: oneshot::Receiver<ClientError>,
+) -> std::io::Result<(ExitStatus, bool)> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let mut child = Command::new(&command[0])
-        .args(&command[1..])
+    let mut child = Command::new(&args.command[0])
+        .args(&args.command[1..])
         .envs(lease_env(lease))
         .spawn()?;
     let pid = child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
-    loop {
-        let forward = tokio::select! {
-            status = child.wait() => return status,
-            _ = interrupt.recv() => Signal::SIGINT,
-            _ = terminate.recv() => Signal::SIGTERM,
-        };
+    let send = |signal: Signal| {
         if let Some(pid) = pid {
-            let _ = kill(pid, forward);
+            let _ = kill(pid, signal);
+        }
+    };
+    let mut was_lost = false;
+    let mut kill_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            status = child.wait() => return Ok((status?, was_lost)),
+            _ = interrupt.recv() => send(Signal::SIGINT),
+            _ = terminate.recv() => send(Signal::SIGTERM),
+            err = &mut lost, if !was_lost => {
+                was_lost = true;
+                let why = err.map(|e| e.to_string()).unwrap_or_else(|_| "renewing stopped".into());
+                match args.on_lease_lost {
+                    OnLeaseLost::Kill => {
+                        eprintln!(
+                            "berth: lost the lease of {} ({why}); stopping `{}` (SIGTERM, SIGKILL after {} s)",
+                            lease.slot, args.command[0], args.kill_after
+                        );
+                        send(Signal::SIGTERM);
+                        kill_at = Some(tokio::time::Instant::now() + Duration::from_secs(args.kill_after));
+                    }
+                    OnLeaseLost::Warn => eprintln!(
+                        "berth: lost the lease of {} ({why}); `{}` runs on (--on-lease-lost warn)",
+                        lease.slot, args.command[0]
+                    ),
+                }
+            }
+            _ = async { tokio::time::sleep_until(kill_at.unwrap_or_else(tokio::time::Instant::now)).await }, if kill_at.is_some() => {
+                eprintln!("berth: `{}` did not stop within {} s; SIGKILL", args.command[0], args.kill_after);
+                send(Signal::SIGKILL);
+                kill_at = None;
+            }
         }
     }
 }
@@ -106,35 +195,35 @@ fn exit_code(status: ExitStatus) -> u8 {
     }
 }
 
-/// Renews the lease every third of its length until `stop`. A failed renew is retried
-/// sooner; a lost lease (wrong token, not held) is reported once and renewing stops.
-async fn keep_renewed(client: Client, lease: Lease, lease_secs: u64, stop: CancellationToken) {
-    let period = Duration::from_secs(lease_secs.max(3) / 3);
-    let mut next = period;
+/// Renews the lease every third of its length, for its own length, until `stop`; answers
+/// the last `lease_expires`. A renew that fails for now is retried (by the client) until
+/// [`renew_margin`] before the lease runs out; a lease found lost (wrong token, not held),
+/// or not renewed in time, is reported on `lost` and renewing stops.
+async fn keep_renewed(
+    client: Client,
+    lease: Lease,
+    stop: CancellationToken,
+    lost: oneshot::Sender<ClientError>,
+) -> DateTime<Utc> {
+    let period = Duration::from_secs(lease.lease_secs.max(3) / 3);
+    let margin = renew_margin(lease.lease_secs);
+    let mut expires = lease.lease_expires;
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(next) => {}
+            _ = stop.cancelled() => return expires,
+            _ = tokio::time::sleep(period) => {}
         }
-        match client
-            .renew(&lease.slot, &lease.lease_token, Some(lease_secs))
-            .await
-        {
-            Ok(_) => next = period,
-            Err(
-                err @ ClientError::Api {
-                    status: 403 | 409, ..
-                },
-            ) => {
-                eprintln!("berth: lost the lease of {}: {err}", lease.slot);
-                return;
-            }
+        let left = (expires - Utc::now()).to_std().unwrap_or_default();
+        let renewing = client.clone().retry_for(left.saturating_sub(margin));
+        let result = tokio::select! {
+            _ = stop.cancelled() => return expires,
+            result = renewing.renew(&lease.slot, &lease.lease_token, Some(lease.lease_secs)) => result,
+        };
+        match result {
+            Ok(new_expiry) => expires = new_expiry,
             Err(err) => {
-                eprintln!(
-                    "berth: could not renew the lease of {} ({err}); retrying",
-                    lease.slot
-                );
-                next = (period / 4).max(Duration::from_secs(1));
+                let _ = lost.send(err);
+                return expires;
             }
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use super::metrics::{metric_value, parse_metrics};
 use super::namespace::POOL;
 use berth_testkit::wait_for;
 
@@ -71,11 +72,8 @@ pub async fn acquire_ok(http: &reqwest::Client, base: &str, owner: &str, wait_se
     a.json
 }
 
-/// The value of an unlabelled metric in `/metrics`.
+/// The value of a metric in `/metrics`, summed over its labels (every pool, …).
 pub async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
     let text = get(http, &format!("{base}/metrics")).await.text;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    metric_value(&parse_metrics(&text), name, &[])
 }

@@ -1,20 +1,24 @@
 //! Helpers of the integration tests, one module per concern: a namespace per test on the
 //! shared broker, the assigner in-process on port 0, HTTP calls, the binaries as child
-//! processes; and, for tests that stop or cut the broker, a private RabbitMQ node and a TCP
-//! proxy. What the worker's tests need too (the test configuration, polling with a deadline)
-//! is in the `berth-testkit` crate (`testkit/`). The everyday helpers are re-exported here:
+//! processes, `/metrics` parsed, a stack of real processes; and, for tests that stop or cut the
+//! broker, a private RabbitMQ node and a TCP proxy. What the worker's tests need too (the test
+//! configuration, polling with a deadline) is in the `berth-testkit` crate (`testkit/`). The
+//! everyday helpers are re-exported here:
 //! `use support::*`.
 #![allow(unreachable_pub, dead_code, unused_imports)] // each test binary uses a different part of these helpers
 
 pub mod app;
 pub mod broker;
 pub mod http;
+pub mod metrics;
 pub mod namespace;
 pub mod process;
 pub mod proxy;
+pub mod stack;
 
 pub use app::TestApp;
 pub use berth_testkit::wait_for;
 pub use http::*;
+pub use metrics::*;
 pub use namespace::*;
 pub use process::*;

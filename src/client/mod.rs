@@ -1,0 +1,327 @@
+//! A client of the assigner's HTTP API (DESIGN §4), for Rust tools and for the `berth`
+//! commands, which use nothing else.
+//!
+//! Every call retries what is temporary — the assigner restarting (connection refused or
+//! reset), a timeout, `503` with `Retry-After` (broker, worker or store unavailable) — after
+//! the pause the assigner asks for or a jittered backoff, within a time budget: the wait of
+//! an acquire, [`Client::retry_for`] (30 s by default) for the other calls. Only when the
+//! budget is spent does it give the last error. [`Client::on_retry`] hears about each retry.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), berth::client::ClientError> {
+//! use std::time::Duration;
+//! use berth::client::Client;
+//!
+//! let client = Client::new("http://127.0.0.1:8080")
+//!     .on_retry(|r| eprintln!("retrying {} in {:?}: {}", r.call, r.delay, r.reason));
+//! // Wait up to 10 minutes for a slot of pool `ppa`, hold it for 2 hours.
+//! let lease = client.acquire("ppa", "ci-job-42", Some(7200), Some(600)).await?;
+//! println!("building in {}", lease.ppa().unwrap_or_default());
+//! let renewed = client.renew(&lease.slot, &lease.lease_token, Some(lease.lease_secs)).await?;
+//! println!("held until {renewed}");
+//! client.release(&lease.slot, &lease.lease_token).await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod retry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::time::Instant;
+
+pub use error::{ClientError, EXIT_NO_SLOT, EXIT_NOT_HOLDER};
+pub use retry::Retrying;
+use retry::{Notify, retrying};
+
+/// How long calls other than acquire keep retrying, unless [`Client::retry_for`] says.
+pub const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(30);
+/// The budget of an acquire that names no wait: the server's default wait (DESIGN §4).
+pub const DEFAULT_WAIT_SECS: u64 = 60;
+/// The longest one renew, release or status request may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past its wait an acquire request may take (the server answers within the wait
+/// plus half a second).
+const ACQUIRE_SLACK: Duration = Duration::from_secs(30);
+
+/// A slot handed out by acquire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    pub slot: String,
+    pub pool: String,
+    pub lease_token: String,
+    pub lease_expires: DateTime<Utc>,
+    /// The lease's length: renewing for as long again keeps it. From the assigner's answer,
+    /// else the length asked for, else counted from `lease_expires`.
+    #[serde(default)]
+    pub lease_secs: u64,
+    #[serde(default)]
+    pub resource: serde_json::Value,
+}
+
+impl Lease {
+    /// The PPA as `dput`/`add-apt-repository` name it (`ppa:OWNER/NAME`), if the slot is one.
+    pub fn ppa(&self) -> Option<String> {
+        let reference = self.resource.get("reference")?.as_str()?;
+        if reference.starts_with("ppa:") {
+            return Some(reference.to_owned());
+        }
+        // Launchpad's own form: `~OWNER/ubuntu/NAME`.
+        let mut parts = reference.trim_start_matches('~').split('/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(owner), Some(_distro), Some(name)) => Some(format!("ppa:{owner}/{name}")),
+            _ => None,
+        }
+    }
+}
+
+/// What `GET /v1/pools` and `GET /v1/slots` answered, as JSON (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Status {
+    /// When the store was read.
+    pub as_of: serde_json::Value,
+    pub pools: serde_json::Value,
+    pub slots: serde_json::Value,
+}
+
+/// The assigner at one base URL, with the retry policy of this module.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    budget: Duration,
+    notify: Notify,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client of the assigner at `base` (`http://127.0.0.1:8080`).
+    pub fn new(base: &str) -> Client {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .expect("a default HTTP client builds");
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            budget: DEFAULT_RETRY_BUDGET,
+            notify: Arc::new(|_: &Retrying| {}),
+        }
+    }
+
+    /// How long renew, release and status keep retrying temporary failures.
+    pub fn retry_for(mut self, budget: Duration) -> Client {
+        self.budget = budget;
+        self
+    }
+
+    /// Calls `notify` before each retry.
+    pub fn on_retry(mut self, notify: impl Fn(&Retrying) + Send + Sync + 'static) -> Client {
+        self.notify = Arc::new(notify);
+        self
+    }
+
+    /// `POST /v1/pools/{pool}/acquire`: a slot for `owner`, waiting up to `wait_secs` (the
+    /// server's default when `None`) for one to come free, and retrying temporary failures
+    /// within that wait; each retry asks the assigner to wait only for what is left.
+    pub async fn acquire(
+        &self,
+        pool: &str,
+        owner: &str,
+        lease_secs: Option<u64>,
+        wait_secs: Option<u64>,
+    ) -> Result<Lease, ClientError> {
+        let budget = Duration::from_secs(wait_secs.unwrap_or(DEFAULT_WAIT_SECS));
+        let url = format!("{}/v1/pools/{pool}/acquire", self.base);
+        let deadline = Instant::now() + budget;
+        let mut lease: Lease = retrying("acquire", deadline, &self.notify, |tries, deadline| {
+            let mut body = json!({"owner": owner});
+            if let Some(lease) = lease_secs {
+                body["lease_secs"] = lease.into();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // The first try asks for what the caller asked; a retry for what is left.
+            let wait = match tries {
+                0 => wait_secs,
+                _ => Some(left.as_secs()),
+            };
+            if let Some(wait) = wait {
+                body["wait_secs"] = wait.into();
+            }
+            let timeout = Duration::from_secs(wait.unwrap_or(DEFAULT_WAIT_SECS)) + ACQUIRE_SLACK;
+            let request = self.http.post(&url).json(&body).timeout(timeout);
+            let url = url.clone();
+            async move { read_json(self.send(request, &url).await?).await }
+        })
+        .await?;
+        if lease.lease_secs == 0 {
+            lease.lease_secs = lease_secs.unwrap_or_else(|| {
+                let left = (lease.lease_expires - Utc::now())
+                    .num_milliseconds()
+                    .max(1000);
+                // Whole seconds, rounded: the lease was given a moment ago.
+                ((left + 500) / 1000) as u64
+            });
+        }
+        Ok(lease)
+    }
+
+    /// `POST /v1/slots/{slot}/renew`: the new `lease_expires`. `lease_secs` is the new
+    /// length from now; `None` takes the server's default (pass the lease's own
+    /// [`Lease::lease_secs`] to keep its length).
+    pub async fn renew(
+        &self,
+        slot: &str,
+        token: &str,
+        lease_secs: Option<u64>,
+    ) -> Result<DateTime<Utc>, ClientError> {
+        let mut body = json!({"lease_token": token});
+        if let Some(lease) = lease_secs {
+            body["lease_secs"] = lease.into();
+        }
+        let url = format!("{}/v1/slots/{slot}/renew", self.base);
+        #[derive(Deserialize)]
+        struct Renewed {
+            lease_expires: DateTime<Utc>,
+        }
+        let renewed: Renewed = self
+            .call("renew", |deadline| {
+                let request = self
+                    .http
+                    .post(&url)
+                    .json(&body)
+                    .timeout(call_timeout(deadline));
+                async { read_json(self.send(request, &url).await?).await }
+            })
+            .await?;
+        Ok(renewed.lease_expires)
+    }
+
+    /// `POST /v1/slots/{slot}/release`. A release retried after a try whose answer was lost
+    /// may find the slot released already (`409 not_held`): that counts as done.
+    pub async fn release(&self, slot: &str, token: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/slots/{slot}/release", self.base);
+        let body = json!({"lease_token": token});
+        let mut retried = false;
+        self.call("release", |deadline| {
+            let first = !std::mem::replace(&mut retried, true);
+            let request = self
+                .http
+                .post(&url)
+                .json(&body)
+                .timeout(call_timeout(deadline));
+            let url = url.clone();
+            async move {
+                match self.send(request, &url).await {
+                    Ok(_) => Ok(()),
+                    Err(ClientError::Api { code, .. }) if !first && code == "not_held" => Ok(()),
+                    Err(err) => Err(err),
+                }
+            }
+        })
+        .await
+    }
+
+    /// `GET /v1/pools` and `GET /v1/slots`.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        let pools = self.get_json("v1/pools").await?;
+        let slots = self.get_json("v1/slots").await?;
+        Ok(Status {
+            as_of: slots["as_of"].clone(),
+            pools: pools["pools"].clone(),
+            slots: slots["slots"].clone(),
+        })
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/{path}", self.base);
+        self.call("status", |deadline| {
+            let request = self.http.get(&url).timeout(call_timeout(deadline));
+            async { read_json(self.send(request, &url).await?).await }
+        })
+        .await
+    }
+
+    /// One call with the client's retry budget.
+    async fn call<T, F, Fut>(&self, name: &'static str, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Instant) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = Instant::now() + self.budget;
+        retrying(name, deadline, &self.notify, |_, deadline| {
+            attempt(deadline)
+        })
+        .await
+    }
+
+    /// Sends `request`; an error status becomes [`ClientError::Api`].
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.to_owned(),
+            reason: error_chain(&e),
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let text = |key: &str| body.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        Err(ClientError::Api {
+            status,
+            code: text("error").unwrap_or_else(|| "http_error".into()),
+            message: text("message").unwrap_or_else(|| format!("the assigner answered {status}")),
+            retry_after,
+        })
+    }
+}
+
+/// The timeout of one try: the usual one, cut to what is left of the budget (at least 1 s).
+fn call_timeout(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .clamp(Duration::from_secs(1), CALL_TIMEOUT)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Unexpected(error_chain(&e)))
+}
+
+/// An error with its causes, which reqwest keeps apart.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

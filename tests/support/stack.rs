@@ -1,0 +1,164 @@
+//! The whole stack as separate processes, so a test can kill and restart the assigner: the
+//! fake Launchpad in-process, one `berth-worker --all` process over it, and `berth assigner`
+//! as a child process on a fixed port, logging to a file.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use berth::config::Config;
+use berth::fake::{FakeConfig, FakeLaunchpad};
+
+use super::http::wait_ready;
+use super::namespace::{config, delete_queues};
+use super::process::{Proc, berth_bin, free_port, worker_bin};
+use berth_testkit::wait_for;
+
+/// A running stack in its own namespace.
+pub struct Stack {
+    pub base: String,
+    pub config: Config,
+    pub fake: FakeLaunchpad,
+    dir: TempDir,
+    file: PathBuf,
+    log_format: &'static str,
+    assigner: Option<Proc>,
+    starts: usize,
+    workers: Proc,
+}
+
+impl Stack {
+    /// `slots` PPAs `ppa-1` … in pool `ppa`; leases as short as `min_lease_secs` allowed;
+    /// the assigner logs in `log_format` (`text` or `json`).
+    pub async fn start(slots: usize, min_lease_secs: u64, log_format: &'static str) -> Stack {
+        let names: Vec<String> = (1..=slots).map(|i| format!("ppa-{i}")).collect();
+        let fake = FakeLaunchpad::start(
+            "127.0.0.1:0".parse().unwrap(),
+            FakeConfig {
+                ppas: slots,
+                ..FakeConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("credentials");
+        std::fs::write(
+            &credentials,
+            "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = t\naccess_secret = s\n",
+        )
+        .unwrap();
+        let mut config = config(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        config.store.api_root = fake.api_root();
+        config.store.credentials_file = Some(credentials);
+        config.worker.clean_poll_millis = 50;
+        config.min_lease_secs = min_lease_secs;
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
+        let workers = Proc(
+            Command::new(worker_bin())
+                .args(["--all", "--config"])
+                .arg(&file)
+                .env("RUST_LOG", "warn,lapin=error")
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stack = Stack {
+            base: format!("http://{}", config.listen),
+            config,
+            fake,
+            dir,
+            file,
+            log_format,
+            assigner: None,
+            starts: 0,
+            workers,
+        };
+        stack.start_assigner().await;
+        stack.wait_all_free(&names).await;
+        stack
+    }
+
+    /// Waits until the workers have cleaned every slot (new PPAs have no record yet, which
+    /// reads as dirty) and freed it.
+    async fn wait_all_free(&self, names: &[String]) {
+        wait_for("every slot to be free", Duration::from_secs(30), || async {
+            let busy: Vec<_> = names
+                .iter()
+                .filter(|name| {
+                    !self
+                        .fake
+                        .description(name)
+                        .is_some_and(|d| d.contains("\"state\":\"free\""))
+                })
+                .collect();
+            if busy.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not free yet: {busy:?}"))
+            }
+        })
+        .await;
+    }
+
+    /// Starts `berth assigner` (again) and waits until it is ready.
+    pub async fn start_assigner(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.assigner_log(self.starts)).unwrap();
+        let child = Command::new(berth_bin())
+            .args(["assigner", "--log-format", self.log_format, "--config"])
+            .arg(&self.file)
+            .env("RUST_LOG", "info,lapin=warn,amq_protocol=warn")
+            .stdin(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start berth assigner");
+        self.assigner = Some(Proc(child));
+        wait_ready(&self.base, Duration::from_secs(15)).await;
+    }
+
+    /// Kills the assigner with SIGKILL, as an operator's `kill -9` or a crash would.
+    pub fn kill_assigner(&mut self) {
+        let mut assigner = self.assigner.take().expect("the assigner runs");
+        let status = assigner.signal_and_wait(Signal::SIGKILL);
+        assert_eq!(status.code(), None, "killed by a signal");
+    }
+
+    /// The stderr of the assigner's `n`th start (1 for the first).
+    pub fn assigner_log(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("assigner-{n}.log"))
+    }
+
+    /// A `berth` client command against this stack, with no holder's variables inherited.
+    pub fn berth(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(berth_bin());
+        command
+            .args(args)
+            .env("BERTH_URL", &self.base)
+            .env("BERTH", berth_bin())
+            .env("RUST_LOG", "warn")
+            .env_remove("BERTH_SLOT")
+            .env_remove("BERTH_LEASE_TOKEN")
+            .env_remove("BERTH_LEASE_SECS")
+            .env_remove("BERTH_WAIT")
+            .env_remove("BERTH_FORMAT")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Stops the assigner (SIGTERM) and the workers, and deletes the test's queues.
+    pub async fn stop(mut self) {
+        if let Some(mut assigner) = self.assigner.take() {
+            let status = assigner.signal_and_wait(Signal::SIGTERM);
+            assert!(status.success(), "the assigner stops cleanly: {status}");
+        }
+        drop(self.workers);
+        delete_queues(&self.config).await;
+        self.fake.shutdown().await;
+    }
+}
