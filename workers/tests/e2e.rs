@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use berth::fake::Faults;
 use berth::lease::token_hash;
 use berth::protocol::{AssignReply, EventKind, RenewOutcome};
 use berth::record::{SlotRecord, SlotState, render_description};
 use common::launchpad::World;
 use common::{Client, POOL};
+use serde_json::json;
 
 const WITHIN: Duration = Duration::from_secs(20);
 const CRASH: (&str, &str) = (berth_worker::cli::CRASH_AFTER_CLAIM_ENV, "1");
@@ -68,8 +68,8 @@ async fn release_empties_the_ppa_and_a_wrong_token_changes_nothing() {
     let mut worker = world.worker("w1", &["ppa-1"], &[]);
     world.wait_state("ppa-1", SlotState::Free).await;
     let reply = client.assign("ci-job-1", 300).await;
-    world.launchpad.add_upload("ppa-1", "hello", "1.0");
-    world.launchpad.add_upload("ppa-1", "hello", "1.1");
+    world.launchpad.add_upload("ppa-1", "hello", "1.0").await;
+    world.launchpad.add_upload("ppa-1", "hello", "1.1").await;
     assert_eq!(world.live_uploads("ppa-1").await, 2);
 
     client.release("ppa-1", &berth::lease::new_token()).await;
@@ -93,6 +93,7 @@ async fn release_empties_the_ppa_and_a_wrong_token_changes_nothing() {
     let states: Vec<SlotState> = world
         .launchpad
         .history()
+        .await
         .iter()
         .filter_map(|w| {
             berth::record::parse_description(&w.description)
@@ -127,7 +128,7 @@ async fn of_two_workers_for_one_slot_only_one_claims_and_the_other_takes_over() 
     world.wait_state("ppa-1", SlotState::Free).await;
 
     let reply = client.assign("ci-1", 300).await;
-    assert_eq!(world.claims("ppa-1"), 1);
+    assert_eq!(world.claims("ppa-1").await, 1);
     assert!(first.logs().contains("claimed") && !second.logs().contains("claimed"));
     // The worker acks the request after the reply; a renew answered behind it on the same
     // channel proves the ack reached the broker (else the request would be redelivered,
@@ -144,7 +145,7 @@ async fn of_two_workers_for_one_slot_only_one_claims_and_the_other_takes_over() 
     let next = client.assign("ci-2", 300).await;
     assert_eq!(next.slot, "ppa-1");
     assert!(second.logs().contains("claimed"));
-    assert_eq!(world.claims("ppa-1"), 2, "one claim per request");
+    assert_eq!(world.claims("ppa-1").await, 2, "one claim per request");
     let logs = second.logs();
     assert_eq!(
         logs.matches("standing by").count(),
@@ -214,7 +215,7 @@ async fn a_reply_to_a_vanished_queue_releases_the_slot_at_once() {
         .await;
     assert_eq!(released.owner.as_deref(), Some("ci-gone"));
     world.wait_state("ppa-1", SlotState::Free).await;
-    assert_eq!(world.claims("ppa-1"), 1);
+    assert_eq!(world.claims("ppa-1").await, 1);
 
     assert!(worker.terminate().await.success());
     client.cleanup().await;
@@ -228,8 +229,9 @@ async fn a_restarted_worker_cleans_a_dirty_ppa_and_malformed_messages_go_to_dead
     let dirty = SlotRecord::new(SlotState::Dirty, chrono::Utc::now());
     world
         .launchpad
-        .set_description("ppa-1", &render_description("Build PPA", &dirty));
-    world.launchpad.add_upload("ppa-1", "left-over", "1");
+        .set_description("ppa-1", &render_description("Build PPA", &dirty))
+        .await;
+    world.launchpad.add_upload("ppa-1", "left-over", "1").await;
     let mut worker = world.worker("w1", &["ppa-1"], &[]);
     client.wait_event("ppa-1", EventKind::Cleaned, WITHIN).await;
     let view = world.wait_state("ppa-1", SlotState::Free).await;
@@ -240,7 +242,7 @@ async fn a_restarted_worker_cleans_a_dirty_ppa_and_malformed_messages_go_to_dead
     let reply = client.assign("ci-1", 300).await;
     settle(&mut client, &reply.lease_token).await;
     worker.kill().await;
-    world.launchpad.add_upload("ppa-1", "new", "2");
+    world.launchpad.add_upload("ppa-1", "new", "2").await;
     client.release("ppa-1", &reply.lease_token).await;
     client
         .publish(
@@ -285,26 +287,23 @@ async fn store_trouble_requeues_the_request_until_the_claim_can_be_written() {
     world.wait_state("ppa-1", SlotState::Free).await;
     worker.wait_log("consuming the pool queue").await;
 
-    world.launchpad.set_faults(Faults {
-        error_rate: 1.0,
-        ..Faults::default()
-    });
+    world.launchpad.set_faults(json!({"error_rate": 1.0})).await;
     let id = client.request("ci-1", 300).await;
     worker
         .wait_log("claim failed; requeueing the request")
         .await;
-    assert_eq!(world.claims("ppa-1"), 0);
-    world.launchpad.set_faults(Faults::default());
+    assert_eq!(world.claims("ppa-1").await, 0);
+    world.launchpad.set_faults(json!({})).await;
     let reply: AssignReply = client.reply_for(id, WITHIN).await;
     assert_eq!(reply.slot, "ppa-1");
 
     // A 412 on the claim: re-read, still free, claim again with the new ETag.
     client.release("ppa-1", &reply.lease_token).await;
     world.wait_state("ppa-1", SlotState::Free).await;
-    world.launchpad.set_faults(Faults {
-        forced_conflicts: 1,
-        ..Faults::default()
-    });
+    world
+        .launchpad
+        .set_faults(json!({"forced_conflicts": 1}))
+        .await;
     let second = client.assign("ci-2", 300).await;
     assert_eq!(
         world.slot("ppa-1").await.record.owner.as_deref(),
@@ -315,7 +314,7 @@ async fn store_trouble_requeues_the_request_until_the_claim_can_be_written() {
         Some(token_hash(&second.lease_token))
     );
     assert!(worker.logs().contains("(412)"), "{}", worker.logs());
-    assert_eq!(world.claims("ppa-1"), 2);
+    assert_eq!(world.claims("ppa-1").await, 2);
 
     assert!(worker.terminate().await.success());
     client.cleanup().await;

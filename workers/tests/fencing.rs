@@ -35,10 +35,11 @@ fn broker_url(proxy: Option<&Proxy>, heartbeat: u16) -> String {
 }
 
 /// The lock epoch of every description write to `ppa` so far, in order.
-fn written_epochs(world: &World, ppa: &str) -> Vec<(u64, u64, Option<SlotState>)> {
+async fn written_epochs(world: &World, ppa: &str) -> Vec<(u64, u64, Option<SlotState>)> {
     world
         .launchpad
         .history()
+        .await
         .iter()
         .filter(|w| w.ppa == ppa)
         .map(|w| {
@@ -72,10 +73,10 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
 
     // A first holder uploads and releases; the first worker starts cleaning.
     let old = client.assign("ci-old", 300).await;
-    world.launchpad.add_upload("ppa-1", "old", "1.0");
+    world.launchpad.add_upload("ppa-1", "old", "1.0").await;
     client.release("ppa-1", &old.lease_token).await;
     common::wait_for("the first worker to ask for a deletion", WITHIN, || async {
-        match world.launchpad.deletions().as_slice() {
+        match world.launchpad.deletions().await.as_slice() {
             [] => Err("no deletion yet".to_owned()),
             _ => Ok(()),
         }
@@ -96,9 +97,9 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     assert_eq!(new.slot, "ppa-1");
     let new_epoch = world.slot("ppa-1").await.record.epoch;
     assert!(new_epoch > paused_epoch, "{new_epoch} after {paused_epoch}");
-    let handed_on = world.launchpad.history().last().unwrap().seq;
-    world.launchpad.add_upload("ppa-1", "new", "2.0");
-    let deletions_before = world.launchpad.deletions().len();
+    let handed_on = world.launchpad.history().await.last().unwrap().seq;
+    world.launchpad.add_upload("ppa-1", "new", "2.0").await;
+    let deletions_before = world.launchpad.deletions().await.len();
 
     // The first worker resumes, still cut off from the broker, and finds itself fenced.
     first.signal("CONT");
@@ -106,7 +107,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     // Its clean loop polls every 100 ms: give it many rounds to do harm.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let deletions = world.launchpad.deletions();
+    let deletions = world.launchpad.deletions().await;
     assert_eq!(
         deletions.len(),
         deletions_before,
@@ -129,7 +130,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
         (SlotState::Used, Some("ci-new"))
     );
     // The store saw no write in the paused worker's epoch after the takeover.
-    let epochs = written_epochs(&world, "ppa-1");
+    let epochs = written_epochs(&world, "ppa-1").await;
     let takeover_seq = epochs
         .iter()
         .find(|(_, epoch, _)| *epoch > paused_epoch)

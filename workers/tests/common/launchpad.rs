@@ -1,4 +1,4 @@
-//! End-to-end helpers: a fake Launchpad in-process, a config file naming it, and
+//! End-to-end helpers: a fake Launchpad process, a config file naming it, and
 //! `berth-worker` processes with their logs in files.
 #![allow(dead_code, unreachable_pub)]
 
@@ -11,11 +11,11 @@ use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
 use berth::config::Config;
-use berth::fake::{FakeConfig, FakeLaunchpad};
 use berth::record::SlotState;
 use berth::store::slot::{SlotView, read_slot};
 use berth::store::{LaunchpadStore, SlotStore};
 
+use super::fake::FakeLaunchpad;
 use super::{wait_for, wait_state};
 
 /// One test's world: a fake Launchpad, a namespace, a config file, a scratch directory.
@@ -37,16 +37,6 @@ impl World {
 
     /// The same, with deletions taking `deletion_delay`.
     pub async fn start_with(ppas: usize, deletion_delay: Duration) -> World {
-        let launchpad = FakeLaunchpad::start(
-            "127.0.0.1:0".parse().unwrap(),
-            FakeConfig {
-                ppas,
-                deletion_delay,
-                ..FakeConfig::default()
-            },
-        )
-        .await
-        .unwrap();
         let slots: Vec<String> = (1..=ppas).map(|i| format!("ppa-{i}")).collect();
         let slot_refs: Vec<&str> = slots.iter().map(String::as_str).collect();
         let mut config = super::config(&slot_refs);
@@ -60,6 +50,7 @@ impl World {
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = TOKEN\naccess_secret = SECRET\n",
         )
         .unwrap();
+        let launchpad = FakeLaunchpad::start(ppas, deletion_delay, &credentials).await;
         config.store.api_root = launchpad.api_root();
         config.store.credentials_file = Some(credentials);
         config.store.timeout_secs = 5;
@@ -136,10 +127,11 @@ impl World {
     }
 
     /// How many times `ppa` went into `used` (renewals rewrite a used record; not counted).
-    pub fn claims(&self, ppa: &str) -> usize {
+    pub async fn claims(&self, ppa: &str) -> usize {
         let states = self
             .launchpad
             .history()
+            .await
             .into_iter()
             .filter(|w| w.ppa == ppa)
             .map(|w| {

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use berth_testkit::{POOL, amqp_url, config, wait_for};
 
+pub mod fake;
 pub mod launchpad;
 
 /// Options short enough for tests.
