@@ -401,11 +401,13 @@ pub fn spawn(
             slot: s.to_string(),
         })
         .collect();
+    let metrics = Arc::new(berth_worker::Metrics::new([POOL]));
     let handle = tokio::spawn(run_slots(
         Arc::new(config.clone()),
         specs,
         store,
         options,
+        metrics,
         cancel.clone(),
     ));
     Workers { cancel, handle }
