@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub use berth_testkit::{POOL, amqp_url, config, wait_for};
 
 pub mod launchpad;
+pub mod metrics;
 
 /// Options short enough for tests.
 pub fn fast_options() -> WorkerOptions {
