@@ -304,7 +304,7 @@ impl Config {
     /// Where the worker process whose first slot is `slot` serves its metrics, given the base
     /// address `base` (`worker.metrics_listen`): the base port plus the position of `slot`
     /// among the configured slots (pools in order, from 0), so `ppa-1` … `ppa-4` of the only
-    /// pool get 9300 … 9303 from `127.0.0.1:9300`. A slot not in the configuration, and port
+    /// pool get 9400 … 9403 from `127.0.0.1:9400`. A slot not in the configuration, and port
     /// 0 (any free port), add nothing. `None` if the port would pass 65535.
     pub fn worker_metrics_addr(&self, base: SocketAddr, slot: &str) -> Option<SocketAddr> {
         if base.port() == 0 {
@@ -459,11 +459,11 @@ mod tests {
     #[test]
     fn each_worker_process_adds_its_first_slots_position_to_the_metrics_port() {
         let mut c = Config::dev(3);
-        let base: SocketAddr = "127.0.0.1:9300".parse().unwrap();
+        let base: SocketAddr = "127.0.0.1:9400".parse().unwrap();
         let port = |slot| c.worker_metrics_addr(base, slot).unwrap().port();
         assert_eq!(
             (port("ppa-1"), port("ppa-3"), port("other")),
-            (9300, 9302, 9300)
+            (9400, 9402, 9400)
         );
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert_eq!(c.worker_metrics_addr(any, "ppa-3"), Some(any));
