@@ -73,6 +73,11 @@ pub struct WorkerConfig {
     /// First and longest pause between retries after a failure.
     pub backoff_min_millis: u64,
     pub backoff_max_millis: u64,
+    /// Where each worker process serves `GET /metrics` (`BERTH_METRICS_LISTEN`); none when
+    /// unset. The port is a base: a process adds the position of its first slot among the
+    /// configured slots ([`Config::worker_metrics_addr`]), so that one value serves a process
+    /// per slot. Port 0 takes any free port.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One pool of interchangeable slots.
@@ -124,6 +129,7 @@ impl Default for WorkerConfig {
             clean_timeout_secs: 600,
             backoff_min_millis: 200,
             backoff_max_millis: 30_000,
+            metrics_listen: None,
         }
     }
 }
@@ -272,6 +278,14 @@ impl Config {
                 }
             }
         }
+        if let Some(base) = self.worker.metrics_listen
+            && usize::from(base.port()) + seen_slots.len().saturating_sub(1) > 65535
+        {
+            return invalid(
+                "worker.metrics_listen".into(),
+                "its port plus the number of configured slots passes 65535 (each worker process adds its first slot's position)",
+            );
+        }
         Ok(())
     }
 
@@ -285,6 +299,25 @@ impl Config {
         self.pools
             .iter()
             .find(|p| p.slots.iter().any(|s| s == slot))
+    }
+
+    /// Where the worker process whose first slot is `slot` serves its metrics, given the base
+    /// address `base` (`worker.metrics_listen`): the base port plus the position of `slot`
+    /// among the configured slots (pools in order, from 0), so `ppa-1` … `ppa-4` of the only
+    /// pool get 9400 … 9403 from `127.0.0.1:9400`. A slot not in the configuration, and port
+    /// 0 (any free port), add nothing. `None` if the port would pass 65535.
+    pub fn worker_metrics_addr(&self, base: SocketAddr, slot: &str) -> Option<SocketAddr> {
+        if base.port() == 0 {
+            return Some(base);
+        }
+        let position = self
+            .pools
+            .iter()
+            .flat_map(|p| p.slots.iter())
+            .position(|s| s == slot)
+            .unwrap_or(0);
+        let port = u16::try_from(usize::from(base.port()) + position).ok()?;
+        Some(SocketAddr::new(base.ip(), port))
     }
 
     /// The broker URL to connect with: `amqp_url`, with `heartbeat=<heartbeat_secs>` added
@@ -421,6 +454,24 @@ mod tests {
         });
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("pools[1].slots[0]"), "{msg}");
+    }
+
+    #[test]
+    fn each_worker_process_adds_its_first_slots_position_to_the_metrics_port() {
+        let mut c = Config::dev(3);
+        let base: SocketAddr = "127.0.0.1:9400".parse().unwrap();
+        let port = |slot| c.worker_metrics_addr(base, slot).unwrap().port();
+        assert_eq!(
+            (port("ppa-1"), port("ppa-3"), port("other")),
+            (9400, 9402, 9400)
+        );
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(c.worker_metrics_addr(any, "ppa-3"), Some(any));
+        c.worker.metrics_listen = Some("127.0.0.1:65534".parse().unwrap());
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("worker.metrics_listen"), "{msg}");
+        c.worker.metrics_listen = Some(base);
+        c.validate().unwrap();
     }
 }
 

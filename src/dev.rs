@@ -1,6 +1,7 @@
 //! `berth dev`: the whole stack on one machine (DESIGN §4) — a fake Launchpad with a pool
-//! `ppa` of N PPAs, one worker process per slot, and the assigner — against the local broker.
-//! It prints how to acquire a slot with curl; Ctrl-C (or SIGTERM) stops all of it.
+//! `ppa` of N PPAs, one worker process per slot (each serving its metrics on a port of its
+//! own), and the assigner — against the local broker. It prints how to acquire a slot with
+//! curl and where the metrics are; Ctrl-C (or SIGTERM) stops all of it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,14 @@ pub struct DevArgs {
     /// Where the fake Launchpad listens.
     #[arg(long, env = "BERTH_DEV_STORE_LISTEN", default_value = "127.0.0.1:8081")]
     pub store_listen: SocketAddr,
+    /// Where the worker processes serve `/metrics`: the worker of the N-th slot on this port
+    /// + N - 1 (port 0: any free port, which each worker's log says).
+    #[arg(
+        long,
+        env = "BERTH_DEV_WORKER_METRICS_LISTEN",
+        default_value = "127.0.0.1:8082"
+    )]
+    pub worker_metrics_listen: SocketAddr,
     /// AMQP URL of the RabbitMQ broker.
     #[arg(long, env = "BERTH_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
@@ -58,11 +67,13 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
         .context("cannot create a directory for the dev configuration")?;
     let (config, config_file) = write_config(&args, &fake.api_root(), scratch.path())?;
     let listen = config.listen;
+    let worker_metrics = worker_metrics(&config);
     let result = assigner::serve_with(config, Some(config_file), cancel.clone(), |addr| {
         tokio::spawn(announce_when_ready(
             addr,
             fake.api_root(),
             args.slots,
+            worker_metrics,
             cancel.clone(),
         ));
     })
@@ -92,10 +103,26 @@ fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<
     config.store.credentials_file = Some(credentials);
     // The fake deletes at once: poll often so a released slot is free again quickly.
     config.worker.clean_poll_millis = 100;
+    config.worker.metrics_listen = Some(args.worker_metrics_listen);
     config.validate()?;
     let file = dir.join("berth.toml");
     std::fs::write(&file, toml::to_string(&config)?)?;
     Ok((config, file))
+}
+
+/// Where each worker process serves its metrics, by slot (the scheme of
+/// [`Config::worker_metrics_addr`]); `None` for any free port.
+fn worker_metrics(config: &Config) -> Option<Vec<(String, SocketAddr)>> {
+    let base = config.worker.metrics_listen?;
+    if base.port() == 0 {
+        return None;
+    }
+    let slots = config.pools.iter().flat_map(|p| p.slots.iter());
+    // `validate` has checked that every slot's port fits.
+    let addrs = slots
+        .filter_map(|slot| Some((slot.clone(), config.worker_metrics_addr(base, slot)?)))
+        .collect();
+    Some(addrs)
 }
 
 /// Prints how to use the stack once the assigner is ready.
@@ -103,6 +130,7 @@ async fn announce_when_ready(
     addr: SocketAddr,
     store_root: String,
     slots: usize,
+    worker_metrics: Option<Vec<(String, SocketAddr)>>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let http = reqwest::Client::new();
@@ -125,5 +153,15 @@ async fn announce_when_ready(
     println!(
         "  curl -X POST {addr}/v1/pools/ppa/acquire -H 'content-type: application/json' -d '{{\"owner\":\"me\"}}'"
     );
-    println!("Status: curl {addr}/v1/pools   Stop: Ctrl-C");
+    println!("Status: curl {addr}/v1/pools   Metrics: curl {addr}/metrics");
+    match worker_metrics {
+        Some(workers) => {
+            println!("Worker metrics (one process per slot):");
+            for (slot, at) in workers {
+                println!("  {slot}: http://{at}/metrics");
+            }
+        }
+        None => println!("Worker metrics: on free ports, which each worker's log says"),
+    }
+    println!("Stop: Ctrl-C");
 }

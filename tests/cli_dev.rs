@@ -20,6 +20,25 @@ struct Dev {
     proc: Proc,
     base: String,
     config: Config,
+    /// What `berth dev` printed after the line that names the assigner.
+    stdout: std::sync::mpsc::Receiver<String>,
+}
+
+/// A port `p` such that `p` … `p + n - 1` were all free a moment ago.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port.checked_add(n).is_none() {
+            continue;
+        }
+        let rest: Result<Vec<_>, _> = (1..n)
+            .map(|i| std::net::TcpListener::bind(("127.0.0.1", port + i)))
+            .collect();
+        if rest.is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Dev {
@@ -27,6 +46,7 @@ impl Dev {
         worker_bin();
         let mut config = Config::dev(slots);
         config.namespace = format!("t-{}", uuid::Uuid::new_v4().simple());
+        let metrics_base = free_ports(slots as u16);
         let mut child = Command::new(berth_bin())
             .args([
                 "dev",
@@ -34,6 +54,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--store-listen",
                 "127.0.0.1:0",
+                "--worker-metrics-listen",
+                &format!("127.0.0.1:{metrics_base}"),
                 "--slots",
             ])
             .arg(slots.to_string())
@@ -69,7 +91,31 @@ impl Dev {
             }
             seen.push(line);
         };
-        Dev { proc, base, config }
+        Dev {
+            proc,
+            base,
+            config,
+            stdout: rx,
+        }
+    }
+
+    /// The worker metrics addresses `berth dev` printed, by slot.
+    fn worker_metrics(&self) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        let mut seen = Vec::new();
+        while found.len() < self.config.pools[0].slots.len() {
+            let line = self
+                .stdout
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no worker metrics printed; printed: {seen:?}"));
+            if let Some((slot, url)) = line.trim().split_once(": http://")
+                && url.ends_with("/metrics")
+            {
+                found.push((slot.to_owned(), format!("http://{url}")));
+            }
+            seen.push(line);
+        }
+        found
     }
 
     /// Runs the `berth` client with `args` against this stack.
@@ -180,6 +226,28 @@ async fn dev_stack_hands_out_renews_and_takes_back_slots() {
     let mut slots: Vec<_> = held.iter().map(|l| l["slot"].as_str().unwrap()).collect();
     slots.sort();
     assert_eq!(slots, ["ppa-1", "ppa-2", "ppa-3", "ppa-4"]);
+
+    // Each worker process serves its metrics on the port printed for it: one claim each,
+    // its slot used.
+    let workers = dev.worker_metrics();
+    let printed: Vec<&str> = workers.iter().map(|(slot, _)| slot.as_str()).collect();
+    assert_eq!(printed, ["ppa-1", "ppa-2", "ppa-3", "ppa-4"]);
+    for (slot, url) in &workers {
+        let text = http.get(url).send().await.unwrap().text().await.unwrap();
+        let metrics = parse_metrics(&text);
+        let pool = [("pool", "ppa")];
+        assert_eq!(
+            metric_value(&metrics, "berth_worker_claims_total", &pool),
+            1.0,
+            "{slot}: {text}"
+        );
+        let used = [("pool", "ppa"), ("state", "used")];
+        assert_eq!(
+            metric_value(&metrics, "berth_worker_slots", &used),
+            1.0,
+            "{slot}: {text}"
+        );
+    }
 
     // A fifth waits about 2 s, then 503 with Retry-After.
     let started = Instant::now();

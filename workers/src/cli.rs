@@ -1,9 +1,11 @@
 //! The flags of `berth-worker` and how they pick the slots to work. Every flag also reads
 //! an environment variable.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth::config::{Config, ConfigArgs, valid_name};
+use berth::telemetry::LogFormat;
 
 use crate::fake::FakeOptions;
 use crate::options::{SlotSpec, WorkerOptions};
@@ -67,6 +69,16 @@ pub struct WorkerArgs {
     /// `worker.clean_poll_millis`).
     #[arg(long, env = "BERTH_CLEAN_POLL_MS")]
     pub clean_poll_ms: Option<u64>,
+    /// Serve `GET /metrics` (OpenMetrics text) here (overrides `worker.metrics_listen`).
+    /// The port is a base: the process adds the position of its first slot among the
+    /// configured slots (ppa-1 → base, ppa-2 → base + 1, …), so one value serves a process
+    /// per slot. Port 0 takes any free port (the log says which).
+    #[arg(long, value_name = "ADDR", env = "BERTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written: text for people, json (one object per line) for log
+    /// shippers.
+    #[arg(long, value_enum, env = "BERTH_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
@@ -101,6 +113,10 @@ pub enum SelectError {
     NoPoolFor(String),
     #[error("invalid name {0:?}: use 1 to 100 ASCII letters, digits, '-' and '_'")]
     InvalidName(String),
+    #[error(
+        "--metrics-listen {0}: the port plus the first slot's position among the configured slots passes 65535"
+    )]
+    MetricsPort(SocketAddr),
 }
 
 impl WorkerArgs {
@@ -125,6 +141,24 @@ impl WorkerArgs {
                 std::env::var(CRASH_AFTER_CLAIM_ENV).is_ok_and(|v| v == "1");
         }
         options
+    }
+
+    /// Where this process serves its metrics: `--metrics-listen` or `worker.metrics_listen`
+    /// as a base, plus the position of the first of `slots` among the configured slots;
+    /// `None` when neither is set.
+    pub fn metrics_addr(
+        &self,
+        config: &Config,
+        slots: &[SlotSpec],
+    ) -> Result<Option<SocketAddr>, SelectError> {
+        let Some(base) = self.metrics_listen.or(config.worker.metrics_listen) else {
+            return Ok(None);
+        };
+        let first = slots.first().map(|s| s.slot.as_str()).unwrap_or_default();
+        config
+            .worker_metrics_addr(base, first)
+            .map(Some)
+            .ok_or(SelectError::MetricsPort(base))
     }
 
     pub fn fake_options(&self) -> FakeOptions {

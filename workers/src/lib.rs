@@ -9,15 +9,17 @@
 //!
 //! Imports run one way: `slot` (the state machine, with `claim`, `control`, `expiry` and
 //! `clean` as its children) → `amqp` (broker plumbing: connections, the slot lock, pool
-//! feeds, events) → the `berth` library. `amqp` knows nothing of slots or the store.
+//! feeds, events) → the `berth` library. `amqp` knows nothing of slots or the store. Both
+//! count what they do in [`metrics`], a leaf that knows neither.
 
 mod amqp;
 pub mod cli;
 pub mod fake;
+pub mod metrics;
 mod options;
 mod process;
 mod slot;
 
-pub use amqp::events::event_publish_failures;
+pub use metrics::Metrics;
 pub use options::{SlotSpec, WorkerOptions};
 pub use process::{RunError, run_slots};

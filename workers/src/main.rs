@@ -1,5 +1,5 @@
 //! `berth-worker`: hosts slot workers (see the library). Parses flags, sets up logging and
-//! signal handling, and runs the slots until SIGTERM or Ctrl-C.
+//! signal handling, serves `/metrics` if asked to, and runs the slots until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::Parser;
 
 use berth::store::{LaunchpadStore, MemoryStore, SlotStore};
+use berth::telemetry::LogFormat;
+use berth_worker::Metrics;
 use berth_worker::cli::WorkerArgs;
 use berth_worker::fake::FakeStore;
 
@@ -17,8 +19,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
     let args = WorkerArgs::parse();
+    init_logging(args.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -41,8 +43,31 @@ async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let names: Vec<&str> = slots.iter().map(|s| s.slot.as_str()).collect();
     tracing::info!(slots = %names.join(","), fake = args.fake, namespace = %config.namespace, "starting");
 
+    let mut pools: Vec<&str> = slots.iter().map(|s| s.pool.as_str()).collect();
+    pools.sort_unstable();
+    pools.dedup();
+    let metrics = Arc::new(Metrics::new(pools));
     let cancel = berth::shutdown::signal();
-    let workers = berth_worker::run_slots(Arc::new(config), slots, store, options, cancel.clone());
+    if let Some(addr) = args.metrics_addr(&config, &slots)? {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr} (--metrics-listen)"))?;
+        let bound = listener.local_addr()?;
+        tracing::info!(addr = %bound, "serving metrics at http://{bound}/metrics");
+        tokio::spawn(berth_worker::metrics::serve(
+            listener,
+            metrics.clone(),
+            cancel.clone(),
+        ));
+    }
+    let workers = berth_worker::run_slots(
+        Arc::new(config),
+        slots,
+        store,
+        options,
+        metrics,
+        cancel.clone(),
+    );
     tokio::pin!(workers);
     tokio::select! {
         result = &mut workers => result?,
@@ -72,6 +97,9 @@ fn real_store(config: &berth::config::Config) -> anyhow::Result<Arc<dyn SlotStor
 /// lease token), and every refused exclusive consume at `error` (a standby worker retries
 /// every second): keep those quiet unless `RUST_LOG` says otherwise. What matters reaches
 /// the worker as an error and is logged by it.
-fn init_logging() {
-    berth::telemetry::init_with("info,lapin=error,lapin::channel=off,amq_protocol=warn");
+fn init_logging(format: LogFormat) {
+    berth::telemetry::init_with_format(
+        "info,lapin=error,lapin::channel=off,amq_protocol=warn",
+        format,
+    );
 }

@@ -15,6 +15,7 @@ use berth::store::SlotStore;
 
 use crate::amqp::connection;
 use crate::amqp::feed::Feed;
+use crate::metrics::Metrics;
 use crate::options::{SlotSpec, WorkerOptions};
 use crate::slot::{self, Slot};
 
@@ -28,7 +29,8 @@ pub enum RunError {
 }
 
 /// Runs one slot worker per entry of `slots` until `cancel` fires, then lets each finish the
-/// step in hand, settle its messages and close its channel, and returns.
+/// step in hand, settle its messages and close its channel, and returns. What they do is
+/// counted in `metrics` (see [`Metrics::new`]: make it for the pools of `slots`).
 ///
 /// Broker and store trouble never end it: each slot worker reconnects with backoff and
 /// resumes from the store record.
@@ -37,6 +39,7 @@ pub async fn run_slots(
     slots: Vec<SlotSpec>,
     store: Arc<dyn SlotStore>,
     options: WorkerOptions,
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
     if slots.is_empty() {
@@ -46,8 +49,12 @@ pub async fn run_slots(
     if let Some(twice) = slots.iter().find(|s| !seen.insert(&s.slot)) {
         return Err(RunError::DuplicateSlot(twice.slot.clone()));
     }
-    let connectors =
-        connection::connectors(&config.broker_url(), &options.connection_name, slots.len());
+    let connectors = connection::connectors(
+        &config.broker_url(),
+        &options.connection_name,
+        slots.len(),
+        &metrics,
+    );
     let count = slots.len();
     let options = Arc::new(options);
     let names = config.names();
@@ -85,6 +92,7 @@ pub async fn run_slots(
             store.clone(),
             options.clone(),
             feed,
+            metrics.clone(),
             cancel.clone(),
         );
         tracker.spawn(slot::run(slot, connectors[shard].clone()).instrument(span));

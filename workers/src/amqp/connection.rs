@@ -10,6 +10,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{BROKER_TIMEOUT, Error, bounded};
+use crate::metrics::Metrics;
 
 /// The most slot workers that share one connection: well below RabbitMQ's default
 /// `channel_max` (2047), and small enough that a connection stays cheap to write to. lapin
@@ -37,8 +38,13 @@ pub(crate) fn shard_of(index: usize, slots: usize, per_connection: usize) -> usi
 }
 
 /// One [`Connector`] per shard for `slots` slot workers, named `name` (with `-<shard>`
-/// appended when there are several).
-pub(crate) fn connectors(url: &str, name: &str, slots: usize) -> Vec<Arc<Connector>> {
+/// appended when there are several), counting their reconnects in `metrics`.
+pub(crate) fn connectors(
+    url: &str,
+    name: &str,
+    slots: usize,
+    metrics: &Arc<Metrics>,
+) -> Vec<Arc<Connector>> {
     let shards = shard_count(slots, MAX_CHANNELS_PER_CONNECTION);
     (0..shards)
         .map(|shard| {
@@ -47,7 +53,7 @@ pub(crate) fn connectors(url: &str, name: &str, slots: usize) -> Vec<Arc<Connect
             } else {
                 format!("{name}-{shard}")
             };
-            Arc::new(Connector::new(url, &name))
+            Arc::new(Connector::new(url, &name, Arc::clone(metrics)))
         })
         .collect()
 }
@@ -59,14 +65,16 @@ pub(crate) struct Connector {
     url: String,
     name: String,
     current: Mutex<Option<Arc<Connection>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Connector {
-    pub(crate) fn new(url: &str, name: &str) -> Self {
+    pub(crate) fn new(url: &str, name: &str, metrics: Arc<Metrics>) -> Self {
         Connector {
             url: url.to_owned(),
             name: name.to_owned(),
             current: Mutex::new(None),
+            metrics,
         }
     }
 
@@ -97,11 +105,15 @@ impl Connector {
             drop(current);
             return Some(bounded(conn.create_channel()).await);
         }
-        if current.take().is_some() {
+        let reconnecting = current.take().is_some();
+        if reconnecting {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
         let conn =
             Arc::new(berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?);
+        if reconnecting {
+            self.metrics.broker_reconnected();
+        }
         *current = Some(conn.clone());
         drop(current);
         Some(bounded(conn.create_channel()).await)

@@ -1,8 +1,9 @@
 //! Lifecycle events (DESIGN §6): every transition a slot worker makes is published on
 //! `<ns>.events` with routing key `<pool>.<slot>.<event>`. Events are notifications: a failed
-//! publish is logged and counted, and never holds up the transition.
+//! publish is logged and counted (`berth_worker_events_unpublished`), and never holds up the
+//! transition.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::Utc;
 use lapin::Channel;
@@ -12,13 +13,7 @@ use tracing::Instrument;
 use berth::protocol::{Event, EventKind, Names, PROTOCOL_VERSION, encode};
 
 use super::BROKER_TIMEOUT;
-
-static PUBLISH_FAILURES: AtomicU64 = AtomicU64::new(0);
-
-/// How many events this process could not publish.
-pub fn event_publish_failures() -> u64 {
-    PUBLISH_FAILURES.load(Ordering::Relaxed)
-}
+use crate::metrics::Metrics;
 
 /// Publishes the events of one slot.
 pub(crate) struct Events {
@@ -26,15 +21,23 @@ pub(crate) struct Events {
     names: Names,
     pool: String,
     slot: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Events {
-    pub(crate) fn new(channel: Channel, names: Names, pool: &str, slot: &str) -> Self {
+    pub(crate) fn new(
+        channel: Channel,
+        names: Names,
+        pool: &str,
+        slot: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Events {
             channel,
             names,
             pool: pool.to_owned(),
             slot: slot.to_owned(),
+            metrics,
         }
     }
 
@@ -62,8 +65,14 @@ impl Events {
         );
         let confirm = match tokio::time::timeout(BROKER_TIMEOUT, publish).await {
             Ok(Ok(confirm)) => confirm,
-            Ok(Err(err)) => return failed(kind, &err.to_string()),
-            Err(_) => return failed(kind, "the broker did not take it in time"),
+            Ok(Err(err)) => return self.failed(kind, &err.to_string()),
+            Err(_) => return self.failed(kind, "the broker did not take it in time"),
+        };
+        let metrics = Arc::clone(&self.metrics);
+        let pool = self.pool.clone();
+        let failed = move |why: &str| {
+            metrics.event_unpublished(&pool);
+            warn_unpublished(kind, why);
         };
         // The channel is in confirm mode: lapin keeps an unawaited confirm until the channel
         // closes, so it is always awaited, here off the transition's path.
@@ -72,18 +81,22 @@ impl Events {
                 Ok(Ok(confirmation)) if confirmation.is_ack() => {
                     tracing::debug!(event = kind.as_str(), "event published");
                 }
-                Ok(Ok(_)) => failed(kind, "the broker refused it"),
-                Ok(Err(err)) => failed(kind, &err.to_string()),
-                Err(_) => failed(kind, "no confirm from the broker in time"),
+                Ok(Ok(_)) => failed("the broker refused it"),
+                Ok(Err(err)) => failed(&err.to_string()),
+                Err(_) => failed("no confirm from the broker in time"),
             }
         };
         tokio::spawn(settle.in_current_span());
     }
+
+    /// Counts and logs an event that could not be published.
+    fn failed(&self, kind: EventKind, why: &str) {
+        self.metrics.event_unpublished(&self.pool);
+        warn_unpublished(kind, why);
+    }
 }
 
-/// Counts and logs an event that could not be published.
-fn failed(kind: EventKind, why: &str) {
-    PUBLISH_FAILURES.fetch_add(1, Ordering::Relaxed);
+fn warn_unpublished(kind: EventKind, why: &str) {
     tracing::warn!(
         event = kind.as_str(),
         error = why,

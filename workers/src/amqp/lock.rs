@@ -9,12 +9,14 @@ use lapin::protocol::AMQPErrorKind;
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, ErrorKind};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use berth::protocol::Names;
 
 use super::connection::Connector;
 use super::{Error, bounded};
+use crate::metrics::Raised;
 
 /// A held slot lock: the channel every message of this slot worker goes through (in
 /// confirm mode, prefetch 1 per consumer) and the consumer of the slot's control queue.
@@ -24,16 +26,17 @@ pub(crate) struct Lock {
 }
 
 /// Takes the lock of `slot`, standing by while another worker holds it (trying again every
-/// `standby_retry`). `Ok(None)` when `cancel` fires first; an error for broker trouble other
-/// than the lock being taken.
+/// `standby_retry`, and counted in `standby` meanwhile). `Ok(None)` when `cancel` fires first;
+/// an error for broker trouble other than the lock being taken.
 pub(crate) async fn acquire(
     connector: &Connector,
     names: &Names,
     slot: &str,
     standby_retry: Duration,
+    standby: &Gauge,
     cancel: &CancellationToken,
 ) -> Result<Option<Lock>, Error> {
-    let mut standing_by = false;
+    let mut standing_by: Option<Raised> = None;
     loop {
         let Some(channel) = connector.channel(cancel).await else {
             return Ok(None);
@@ -61,9 +64,9 @@ pub(crate) async fn acquire(
             }
             // The broker closed this channel; the next try opens a fresh one.
             Err(err) if is_taken(&err) => {
-                if !standing_by {
+                if standing_by.is_none() {
                     tracing::info!("another worker holds the slot lock; standing by");
-                    standing_by = true;
+                    standing_by = Some(Raised::new(standby.clone()));
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),

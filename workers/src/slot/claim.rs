@@ -145,6 +145,7 @@ impl Session<'_> {
         if !claimed {
             return Ok(Claim::NotFree);
         }
+        self.slot.metrics.claimed(&self.slot.spec.pool);
         #[cfg(feature = "test-hooks")]
         if self.slot.options.crash_after_claim {
             tracing::error!(
@@ -245,6 +246,7 @@ impl Session<'_> {
             })
             .await?;
         if released {
+            self.slot.metrics.released(&self.slot.spec.pool);
             self.events
                 .emit(EventKind::Released, Some(&request.owner))
                 .await;

@@ -124,6 +124,7 @@ fn retry_delay(failures: u32, min: Duration, max: Duration) -> Duration {
 impl Session<'_> {
     /// One cleaning attempt of a dirty slot, answering control messages meanwhile.
     pub(super) async fn clean(&mut self) -> Result<Flow, Trouble> {
+        let started = tokio::time::Instant::now();
         let options = &self.slot.options;
         tracing::info!(
             failures = self.view.record.clean_failures,
@@ -161,6 +162,8 @@ impl Session<'_> {
                     .await?;
                 if freed {
                     tracing::info!(deleted, "cleaned; the slot is free");
+                    let took = started.elapsed();
+                    self.slot.metrics.cleaned(&self.slot.spec.pool, took);
                     self.events.emit(EventKind::Cleaned, None).await;
                 }
                 Ok(Flow::Continue)
@@ -192,6 +195,7 @@ impl Session<'_> {
         if !counted {
             return Ok(Flow::Continue);
         }
+        self.slot.metrics.clean_failed(&self.slot.spec.pool);
         let failures = self.view.record.clean_failures;
         let options = &self.slot.options;
         let delay = retry_delay(failures, options.backoff_min, options.backoff_max);

@@ -81,6 +81,7 @@ impl Session<'_> {
                 owner = owner.as_deref().unwrap_or(""),
                 "released by its holder"
             );
+            self.slot.metrics.released(&self.slot.spec.pool);
             self.events
                 .emit(EventKind::Released, owner.as_deref())
                 .await;

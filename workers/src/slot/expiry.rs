@@ -78,6 +78,7 @@ impl Session<'_> {
                 owner = owner.as_deref().unwrap_or(""),
                 "lease expired; taking the slot back"
             );
+            self.slot.metrics.expired(&self.slot.spec.pool);
             self.events.emit(EventKind::Expired, owner.as_deref()).await;
         }
         Ok(Flow::Continue)

@@ -39,6 +39,7 @@ use crate::amqp::connection::Connector;
 use crate::amqp::events::Events;
 use crate::amqp::feed::Feed;
 use crate::amqp::{self, BROKER_TIMEOUT, bounded, lock};
+use crate::metrics::{Metrics, SlotGauge};
 use crate::options::{SlotSpec, WorkerOptions};
 use retry::{Call, Retry};
 
@@ -50,6 +51,8 @@ pub(crate) struct Slot {
     options: Arc<WorkerOptions>,
     /// Where this slot worker waits for assign requests while its slot is free.
     feed: Arc<Feed>,
+    /// The process's metrics, where this slot worker counts what it does.
+    metrics: Arc<Metrics>,
     cancel: CancellationToken,
 }
 
@@ -60,6 +63,7 @@ impl Slot {
         store: Arc<dyn SlotStore>,
         options: Arc<WorkerOptions>,
         feed: Arc<Feed>,
+        metrics: Arc<Metrics>,
         cancel: CancellationToken,
     ) -> Self {
         Slot {
@@ -68,6 +72,7 @@ impl Slot {
             store,
             options,
             feed,
+            metrics,
             cancel,
         }
     }
@@ -107,6 +112,9 @@ struct Session<'a> {
     view: SlotView,
     /// This session's lock epoch, written into the record when it took the slot over.
     epoch: u64,
+    /// This slot worker in `berth_worker_slots`, under the state of `view`; it leaves the
+    /// count when the session ends.
+    gauge: SlotGauge,
     /// Pauses after store trouble, and the alarm for store errors no retry fixes; the slot
     /// worker's, kept from one session to the next so that an alarm is said once.
     retry: &'a mut Retry,
@@ -121,13 +129,20 @@ const RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     let options = &slot.options;
     let mut backoff = Backoff::new(RECONNECT_MIN, berth::broker::RECONNECT_MAX);
-    let mut retry = Retry::new(options.backoff_min, options.backoff_max);
+    let mut retry = Retry::new(
+        options.backoff_min,
+        options.backoff_max,
+        slot.metrics.clone(),
+        &slot.spec.pool,
+    );
+    let standby = slot.metrics.standby(&slot.spec.pool);
     loop {
         let lock = match lock::acquire(
             &connector,
             &slot.names,
             &slot.spec.slot,
             options.standby_retry,
+            &standby,
             &slot.cancel,
         )
         .await
@@ -194,7 +209,10 @@ impl<'a> Session<'a> {
             slot.names.clone(),
             &slot.spec.pool,
             &slot.spec.slot,
+            slot.metrics.clone(),
         );
+        let mut gauge = slot.metrics.slot_gauge(&slot.spec.pool);
+        gauge.set(view.record.state);
         let mut session = Session {
             slot,
             channel: lock.channel,
@@ -202,6 +220,7 @@ impl<'a> Session<'a> {
             events,
             epoch: view.record.epoch,
             view,
+            gauge,
             retry,
         };
         if !session.take_over().await {
@@ -223,7 +242,7 @@ impl<'a> Session<'a> {
             self.retry.note(Call::Write, &written);
             match written {
                 Ok(view) => {
-                    self.view = view;
+                    self.seen(view);
                     self.epoch = epoch;
                     return true;
                 }
@@ -243,7 +262,7 @@ impl<'a> Session<'a> {
                 let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
                 self.retry.note(Call::Read, &read);
                 match read {
-                    Ok(view) => break self.view = view,
+                    Ok(view) => break self.seen(view),
                     Err(err) => {
                         let delay = self
                             .retry
@@ -298,8 +317,14 @@ impl<'a> Session<'a> {
         self.retry.note(Call::Read, &read);
         let view = read?;
         fence(self.epoch, &view.record)?;
-        self.view = view;
+        self.seen(view);
         Ok(())
+    }
+
+    /// Makes `view` the one this worker acts on, and counts the slot under its state.
+    fn seen(&mut self, view: SlotView) {
+        self.gauge.set(view.record.state);
+        self.view = view;
     }
 
     /// Writes the record that `next` makes of the current one, by compare-and-swap, in this
@@ -328,7 +353,7 @@ impl<'a> Session<'a> {
                     if view.record.state != self.view.record.state {
                         tracing::debug!(from = %self.view.record.state, to = %view.record.state, "slot state changed");
                     }
-                    self.view = view;
+                    self.seen(view);
                     return Ok(true);
                 }
                 Err(StoreError::Conflict) => {

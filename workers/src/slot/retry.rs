@@ -8,10 +8,13 @@
 //! but it says so loudly, once per episode (not on every try), with what to do, and re-checks
 //! only every `backoff_max`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth::backoff::Backoff;
 use berth::store::StoreError;
+
+use crate::metrics::Metrics;
 
 /// The kind of store call that failed: the alarm it raised is lowered by the next success of
 /// the same kind (a refused write is not fixed by a read that goes through).
@@ -33,15 +36,21 @@ pub(super) struct Retry {
     slow: Duration,
     /// The kind of call whose error no retry fixes raised the alarm, while it is up.
     alarm: Option<Call>,
+    /// Where failed calls are counted (`berth_worker_store_errors`), under `pool`.
+    metrics: Arc<Metrics>,
+    pool: String,
 }
 
 impl Retry {
-    /// Backs off from `min` to `max`; re-checks every `max` while the alarm is up.
-    pub(super) fn new(min: Duration, max: Duration) -> Self {
+    /// Backs off from `min` to `max`; re-checks every `max` while the alarm is up. Counts
+    /// failed calls in `metrics` under `pool`.
+    pub(super) fn new(min: Duration, max: Duration, metrics: Arc<Metrics>, pool: &str) -> Self {
         Retry {
             backoff: Backoff::new(min, max),
             slow: max,
             alarm: None,
+            metrics,
+            pool: pool.to_owned(),
         }
     }
 
@@ -57,6 +66,7 @@ impl Retry {
     /// Notes a store call of kind `call` that failed with `err`: an error that no retry fixes
     /// raises the alarm, said once at error level until it is lowered.
     pub(super) fn failed(&mut self, call: Call, err: &StoreError) {
+        self.metrics.store_error(&self.pool, err);
         if !is_fatal(err) {
             return;
         }
@@ -125,7 +135,13 @@ mod tests {
 
     #[test]
     fn only_errors_no_retry_fixes_raise_the_alarm() {
-        let mut retry = Retry::new(Duration::from_millis(10), Duration::from_secs(30));
+        let metrics = Arc::new(Metrics::new(["ppa"]));
+        let mut retry = Retry::new(
+            Duration::from_millis(10),
+            Duration::from_secs(30),
+            metrics.clone(),
+            "ppa",
+        );
         retry.failed(Call::Write, &StoreError::Unavailable { status: 503 });
         retry.failed(Call::Write, &StoreError::Conflict);
         assert_eq!(retry.alarm, None);
@@ -142,5 +158,14 @@ mod tests {
         assert_eq!(retry.alarm, Some(Call::Write), "still the same episode");
         retry.succeeded(Call::Write);
         assert_eq!(retry.alarm, None);
+
+        // Every failed call is counted by kind; a 412 is none.
+        let text = metrics.render();
+        for line in [
+            "berth_worker_store_errors_total{pool=\"ppa\",kind=\"retryable\"} 1",
+            "berth_worker_store_errors_total{pool=\"ppa\",kind=\"fatal\"} 2",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

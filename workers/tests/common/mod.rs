@@ -34,6 +34,7 @@ pub use berth_testkit::{POOL, amqp_url, config, wait_for};
 
 pub mod fake;
 pub mod launchpad;
+pub mod metrics;
 
 /// Options short enough for tests.
 pub fn fast_options() -> WorkerOptions {
@@ -402,11 +403,13 @@ pub fn spawn(
             slot: s.to_string(),
         })
         .collect();
+    let metrics = Arc::new(berth_worker::Metrics::new([POOL]));
     let handle = tokio::spawn(run_slots(
         Arc::new(config.clone()),
         specs,
         store,
         options,
+        metrics,
         cancel.clone(),
     ));
     Workers { cancel, handle }
