@@ -105,7 +105,7 @@ async fn metrics_follow_an_acquire_release_clean_cycle_and_logs_are_json() {
 
     // Acquire: one claim, the slot worker counted used.
     let reply = client.assign("ci-job-1", 300).await;
-    world.launchpad.add_upload("ppa-1", "hello", "1.0");
+    world.launchpad.add_upload("ppa-1", "hello", "1.0").await;
     let used = wait_metrics(&http, &url, "one claim, the slot used", |m| {
         counter(m, "berth_worker_claims") == 1.0 && slots(m, "used") == 1.0
     })
