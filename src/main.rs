@@ -32,6 +32,8 @@ enum Command {
     Release(berth::cli::ReleaseArgs),
     /// Show the pools and slots.
     Status(berth::cli::StatusArgs),
+    /// Operator actions on one slot (disable, enable, reclaim, clean) and `slot show`.
+    Slot(berth::cli::SlotArgs),
     /// Acquire a slot, run a command with it, release it. Exits with the command's code;
     /// 75 when no slot came free within the wait, 76 when the lease was lost while the
     /// command ran, 70 when berth itself failed.
@@ -55,6 +57,7 @@ async fn main() -> ExitCode {
         Command::Renew(args) => berth::cli::renew(args).await,
         Command::Release(args) => berth::cli::release(args).await,
         Command::Status(args) => berth::cli::status(args).await,
+        Command::Slot(args) => berth::cli::slot(args).await,
         Command::Run(args) => berth::cli::run(args).await,
         Command::FakeLaunchpad(args) => berth::fake::run_cli(args).await,
         Command::Completions(args) => {

@@ -90,6 +90,40 @@ pub enum Control {
         lease_token: String,
         lease_secs: u64,
     },
+    /// An operator takes the slot out of service (DESIGN §2 "Operator actions"): a free or
+    /// dirty slot at once (a dirty one after its cleaning), a held one when its holder is done
+    /// (a drain), or at once with `now`, revoking the lease. Persistent; needs no reply.
+    Disable {
+        v: u32,
+        reason: String,
+        #[serde(default)]
+        by: Option<String>,
+        #[serde(default)]
+        now: bool,
+    },
+    /// An operator puts a disabled slot back (it is cleaned first), or cancels a drain.
+    Enable {
+        v: u32,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// An operator revokes the lease of a held slot now: it is cleaned and free again.
+    Reclaim {
+        v: u32,
+        reason: String,
+        #[serde(default)]
+        by: Option<String>,
+    },
+    /// An operator asks for a dirty slot's cleaning to be tried again now.
+    Clean {
+        v: u32,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        by: Option<String>,
+    },
 }
 
 /// How a renew went.
@@ -124,6 +158,8 @@ pub enum EventKind {
     CleanFailed,
     Disabled,
     Enabled,
+    Reclaimed,
+    CleanRequested,
 }
 
 impl EventKind {
@@ -137,6 +173,8 @@ impl EventKind {
             EventKind::CleanFailed => "clean_failed",
             EventKind::Disabled => "disabled",
             EventKind::Enabled => "enabled",
+            EventKind::Reclaimed => "reclaimed",
+            EventKind::CleanRequested => "clean_requested",
         }
     }
 }
@@ -150,6 +188,12 @@ pub struct Event {
     pub slot: String,
     pub owner: Option<String>,
     pub at: DateTime<Utc>,
+    /// Who asked for an operator action's transition, as the action said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why, for an operator action's transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Event {
@@ -206,6 +250,34 @@ mod tests {
         let body = encode(&m);
         assert!(String::from_utf8_lossy(&body).contains(r#""kind":"release""#));
         assert_eq!(decode::<Control>(&body).unwrap(), m);
+    }
+
+    #[test]
+    fn actions_round_trip_and_optional_fields_default() {
+        let m = Control::Disable {
+            v: 1,
+            reason: "broken".into(),
+            by: Some("ops".into()),
+            now: true,
+        };
+        assert_eq!(decode::<Control>(&encode(&m)).unwrap(), m);
+        let d: Control = decode(br#"{"v":1,"kind":"disable","reason":"r"}"#).unwrap();
+        assert_eq!(
+            d,
+            Control::Disable {
+                v: 1,
+                reason: "r".into(),
+                by: None,
+                now: false
+            }
+        );
+        for body in [
+            &br#"{"v":1,"kind":"enable"}"#[..],
+            br#"{"v":1,"kind":"reclaim","reason":"r"}"#,
+            br#"{"v":1,"kind":"clean"}"#,
+        ] {
+            assert!(decode::<Control>(body).is_ok());
+        }
     }
 
     #[test]

@@ -84,6 +84,31 @@ pub struct SlotRecord {
     /// written before fencing existed, which read as 0.
     #[serde(default)]
     pub epoch: u64,
+    /// When the current holder got the slot: set by the claim, kept by renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_since: Option<DateTime<Utc>>,
+    /// Who disabled the slot (an operator's name, as the action said), while disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<String>,
+    /// Why the slot is disabled, while disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// Since when the slot is disabled, while disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_since: Option<DateTime<Utc>>,
+    /// A disable waiting for the slot to come back: set on a used or dirty slot, it makes the
+    /// next successful cleaning write `disabled` instead of `free` (DESIGN §2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+/// A pending disable (DESIGN §2 "Operator actions"): who asked, why, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct Drain {
+    pub reason: String,
+    pub by: Option<String>,
+    pub since: DateTime<Utc>,
 }
 
 impl SlotRecord {
@@ -100,6 +125,39 @@ impl SlotRecord {
             clean_failures: 0,
             last_error: None,
             epoch: 0,
+            held_since: None,
+            disabled_by: None,
+            disabled_reason: None,
+            disabled_since: None,
+            drain: None,
+        }
+    }
+
+    /// A `disabled` record that `drain` asked for (or an immediate disable with the same
+    /// fields), touched `now`.
+    pub fn disabled(drain: &Drain, now: DateTime<Utc>) -> Self {
+        SlotRecord {
+            disabled_by: drain.by.clone(),
+            disabled_reason: Some(drain.reason.clone()),
+            disabled_since: Some(drain.since),
+            ..SlotRecord::new(SlotState::Disabled, now)
+        }
+    }
+
+    /// A `dirty` record that keeps this one's pending drain, if any: what a release, an
+    /// expiry or a reclaim leaves behind.
+    pub fn dirty_keeping_drain(&self, now: DateTime<Utc>) -> Self {
+        SlotRecord {
+            drain: self.drain.clone(),
+            ..SlotRecord::new(SlotState::Dirty, now)
+        }
+    }
+
+    /// What a successful cleaning leaves: `disabled` if a drain is pending, else `free`.
+    pub fn after_clean(&self, now: DateTime<Utc>) -> Self {
+        match &self.drain {
+            Some(drain) => SlotRecord::disabled(drain, now),
+            None => SlotRecord::new(SlotState::Free, now),
         }
     }
 
@@ -121,25 +179,35 @@ impl SlotRecord {
 pub struct ParsedDescription {
     /// The human-written text, exactly as it was before berth appended its block.
     pub human: String,
-    /// The record, or `None` when the block is missing or unreadable (treat as dirty).
+    /// The record, or `None` when the block is missing or unreadable (treat as dirty), or
+    /// written by a newer berth (`newer`).
     pub record: Option<SlotRecord>,
+    /// The record's version when it is higher than [`RECORD_VERSION`]: a newer berth wrote
+    /// it (a rolling upgrade), and this build leaves the slot alone.
+    pub newer: Option<u64>,
 }
 
 /// Splits a description into its human text and the berth record.
 pub fn parse_description(description: &str) -> ParsedDescription {
     match split_block(description) {
         Some((human, json)) => {
+            let newer = serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|value| value.get("v").and_then(serde_json::Value::as_u64))
+                .filter(|&v| v > u64::from(RECORD_VERSION));
             let record = serde_json::from_str::<SlotRecord>(json)
                 .ok()
                 .filter(|r| r.v == RECORD_VERSION);
             ParsedDescription {
                 human: human.to_owned(),
                 record,
+                newer,
             }
         }
         None => ParsedDescription {
             human: description.to_owned(),
             record: None,
+            newer: None,
         },
     }
 }
@@ -203,11 +271,53 @@ mod tests {
     }
 
     #[test]
-    fn unknown_version_is_unreadable() {
+    fn a_newer_version_is_named_not_read() {
         let mut r = sample(SlotState::Free);
         r.v = 2;
         let d = render_description("x", &r);
-        assert_eq!(parse_description(&d).record, None);
+        let parsed = parse_description(&d);
+        assert_eq!((parsed.record, parsed.newer), (None, Some(2)));
+        // Even one whose shape this build does not know.
+        let d = format!("x\n\n{BEGIN_MARKER}\n{{\"v\":3,\"state\":\"parked\"}}\n{END_MARKER}");
+        assert_eq!(parse_description(&d).newer, Some(3));
+        // An older or broken one is unreadable, as before (dirty).
+        let d = format!("x\n\n{BEGIN_MARKER}\n{{\"v\":0}}\n{END_MARKER}");
+        assert_eq!(parse_description(&d).newer, None);
+    }
+
+    /// The fields the operator actions add are optional: a record without them reads, and
+    /// one with them round-trips.
+    #[test]
+    fn action_fields_are_optional_and_round_trip() {
+        let json = serde_json::to_value(sample(SlotState::Free)).unwrap();
+        assert!(json.get("drain").is_none() && json.get("held_since").is_none());
+        let now = now();
+        let drain = Drain {
+            reason: "broken".into(),
+            by: Some("ops".into()),
+            since: now,
+        };
+        let mut used = sample(SlotState::Used);
+        used.held_since = Some(now);
+        used.drain = Some(drain.clone());
+        let d = render_description("x", &used);
+        assert_eq!(parse_description(&d).record.as_ref(), Some(&used));
+        let dirty = used.dirty_keeping_drain(now);
+        assert_eq!(
+            (dirty.state, dirty.drain.as_ref()),
+            (SlotState::Dirty, Some(&drain))
+        );
+        assert_eq!(dirty.held_since, None);
+        let after = dirty.after_clean(now);
+        assert_eq!(after.state, SlotState::Disabled);
+        assert_eq!(after.disabled_reason.as_deref(), Some("broken"));
+        assert_eq!(after.drain, None);
+        assert_eq!(
+            SlotRecord::new(SlotState::Dirty, now)
+                .after_clean(now)
+                .state,
+            SlotState::Free
+        );
     }
 
     #[test]

@@ -159,6 +159,71 @@ pub(crate) fn check_token(token: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The longest `reason` an operator action takes.
+pub(crate) const MAX_REASON_CHARS: usize = 500;
+
+/// `POST /v1/slots/{slot}/disable`, `…/enable`, `…/reclaim`, `…/clean`: an operator action.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActionRequest {
+    /// Why (1 to 500 characters); required by `disable` and `reclaim`.
+    pub(crate) reason: Option<String>,
+    /// Who asks (an operator's name; at most 200 characters), kept in the record and events.
+    pub(crate) by: Option<String>,
+    /// `disable` only: revoke a holder's lease at once instead of waiting for it (drain).
+    pub(crate) now: Option<bool>,
+}
+
+/// An action request after its checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Action {
+    pub(crate) reason: Option<String>,
+    pub(crate) by: Option<String>,
+    pub(crate) now: bool,
+}
+
+impl ActionRequest {
+    /// Checks the fields; `reason_required` for disable and reclaim.
+    pub(crate) fn check(self, reason_required: bool) -> Result<Action, ApiError> {
+        match &self.reason {
+            None if reason_required => {
+                return Err(ApiError::BadRequest(
+                    "\"reason\" is required: say why, for whoever looks at the slot next".into(),
+                ));
+            }
+            Some(reason)
+                if reason.trim().is_empty() || reason.chars().count() > MAX_REASON_CHARS =>
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "\"reason\" must be 1 to {MAX_REASON_CHARS} characters"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(by) = &self.by {
+            let chars = by.chars().count();
+            if chars == 0 || chars > 200 || by.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(
+                    "\"by\" must be 1 to 200 printable characters naming who asks".into(),
+                ));
+            }
+        }
+        Ok(Action {
+            reason: self.reason,
+            by: self.by,
+            now: self.now.unwrap_or(false),
+        })
+    }
+}
+
+/// The answer to an accepted operator action: handed to the slot's worker.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted {
+    pub(crate) slot: String,
+    /// `disable`, `enable`, `reclaim` or `clean`.
+    pub(crate) action: String,
+}
+
 /// The answer to a successful renew.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Renewed {
@@ -193,5 +258,22 @@ mod tests {
         assert!(msg(req("me", Some(config.max_lease_secs + 1), None)).contains("\"lease_secs\""));
         assert!(msg(req("me", None, Some(config.max_wait_secs + 1))).contains("\"wait_secs\""));
         assert!(req("me", None, Some(0)).check(&config).is_ok());
+    }
+
+    #[test]
+    fn an_action_reason_is_required_where_it_must_be_and_at_most_500_characters() {
+        let with = |reason: Option<String>| ActionRequest {
+            reason,
+            ..ActionRequest::default()
+        };
+        assert!(with(None).check(true).is_err());
+        assert!(with(None).check(false).is_ok());
+        assert!(with(Some("x".repeat(500))).check(true).is_ok());
+        let msg = with(Some("x".repeat(501)))
+            .check(true)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("\"reason\""), "{msg}");
+        assert!(with(Some(" ".into())).check(true).is_err());
     }
 }

@@ -116,13 +116,23 @@ impl Connected {
         slot: &str,
         lease_token: &str,
     ) -> Result<(), LinkError> {
-        self.declare_slot(slot).await?;
         let message = Control::Release {
             v: PROTOCOL_VERSION,
             lease_token: lease_token.to_owned(),
         };
+        self.publish_control(slot, &message).await
+    }
+
+    /// Publishes `message` to the control queue of `slot`, persistent, and waits for the
+    /// broker's confirm: a release or an operator action, never lost once confirmed.
+    pub(crate) async fn publish_control(
+        &self,
+        slot: &str,
+        message: &Control,
+    ) -> Result<(), LinkError> {
+        self.declare_slot(slot).await?;
         let properties = json_properties().with_delivery_mode(PERSISTENT);
-        self.publish(&self.names.slot_queue(slot), &encode(&message), properties)
+        self.publish(&self.names.slot_queue(slot), &encode(message), properties)
             .await
     }
 

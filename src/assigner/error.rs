@@ -31,6 +31,9 @@ pub(crate) enum ApiError {
     WrongToken,
     #[error("slot {0:?} is not held by anyone; acquire a slot first")]
     NotHeld(String),
+    /// The slot's state does not allow the action asked for.
+    #[error("{0}")]
+    WrongState(String),
     #[error("the message broker is not reachable right now; retry in a few seconds")]
     BrokerDown,
     #[error(
@@ -56,7 +59,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::WrongToken => StatusCode::FORBIDDEN,
-            ApiError::NotHeld(_) => StatusCode::CONFLICT,
+            ApiError::NotHeld(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::NoSlot { .. }
             | ApiError::BrokerDown
             | ApiError::WorkerDown(_)
@@ -77,6 +80,7 @@ impl ApiError {
             ApiError::NoSlot { .. } => "no_slot",
             ApiError::WrongToken => "wrong_token",
             ApiError::NotHeld(_) => "not_held",
+            ApiError::WrongState(_) => "wrong_state",
             ApiError::BrokerDown => "broker_unavailable",
             ApiError::WorkerDown(_) => "worker_unavailable",
             ApiError::ShuttingDown => "shutting_down",

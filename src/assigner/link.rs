@@ -248,6 +248,19 @@ impl Link {
             })
     }
 
+    /// Hands an operator action for `slot` to the broker, persistent and confirmed, like a
+    /// release: applied by the slot's worker, even one that is down now, once it runs.
+    pub(crate) async fn action(&self, slot: &str, message: &Control) -> Result<(), ExchangeError> {
+        let connected = self.connected().ok_or(ExchangeError::BrokerDown)?;
+        connected
+            .publish_control(slot, message)
+            .await
+            .map_err(|err| {
+                tracing::warn!(error = %err, "could not publish the operator action");
+                ExchangeError::BrokerDown
+            })
+    }
+
     /// Requests waiting in the assign queue of `pool`, and its consumers; `None` while
     /// disconnected or when the broker does not say (logged).
     pub(crate) async fn queue_counts(&self, pool: &str) -> Option<(u32, u32)> {

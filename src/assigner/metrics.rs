@@ -28,8 +28,9 @@ const BUCKETS: [f64; 18] = [
     1800.0, 3600.0,
 ];
 
-/// States a slot is counted in by `berth_slots` (`missing`: no such resource in the store).
-const SLOT_STATES: [&str; 5] = ["free", "used", "dirty", "disabled", "missing"];
+/// States a slot is counted in by `berth_slots` (`missing`: no such resource in the store;
+/// `unknown`: a record a newer berth wrote).
+const SLOT_STATES: [&str; 6] = ["free", "used", "dirty", "disabled", "missing", "unknown"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -205,6 +206,7 @@ impl Metrics {
                     counts.dirty - missing,
                     counts.disabled,
                     missing,
+                    counts.unknown,
                 ];
                 for (state, n) in SLOT_STATES.iter().zip(by_state) {
                     self.slots
@@ -311,7 +313,9 @@ mod tests {
             pool: "ppa".into(),
             state: state.into(),
             owner: None,
+            held_since: None,
             lease_expires: None,
+            draining: false,
             touched: None,
             clean_failures: 0,
             last_error: None,

@@ -5,15 +5,18 @@
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
-use super::api::{AcquireRequest, Acquired, ReleaseRequest, RenewRequest, Renewed};
-use super::status::{PoolStatus, SlotStatus, Snapshot};
+use super::api::{
+    Accepted, AcquireRequest, Acquired, ActionRequest, ReleaseRequest, RenewRequest, Renewed,
+};
+use super::status::{PoolStatus, SlotDetail, SlotStatus, Snapshot};
+use crate::record::Drain;
 
 /// Every error answer: `{"error":"<code>","message":"<text for a person>"}`; `503`s carry
 /// `Retry-After`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorBody {
     /// `bad_request`, `bad_body`, `unknown_pool`, `unknown_slot`, `not_found`, `no_slot`,
-    /// `wrong_token`, `not_held`, `broker_unavailable`, `worker_unavailable`,
+    /// `wrong_token`, `not_held`, `wrong_state`, `broker_unavailable`, `worker_unavailable`,
     /// `shutting_down`, `store_unavailable`, `internal`.
     pub(crate) error: String,
     pub(crate) message: String,
@@ -49,6 +52,11 @@ pub(crate) struct Health {
         super::routes::acquire,
         super::routes::renew,
         super::routes::release,
+        super::routes::disable,
+        super::routes::enable,
+        super::routes::reclaim,
+        super::routes::clean,
+        super::routes::slot_detail,
         super::routes::slots,
         super::routes::pools,
         super::routes::healthz,
@@ -63,6 +71,10 @@ pub(crate) struct Health {
         Renewed,
         ReleaseRequest,
         Released,
+        ActionRequest,
+        Accepted,
+        SlotDetail,
+        Drain,
         ErrorBody,
         Snapshot,
         SlotStatus,

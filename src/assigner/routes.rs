@@ -15,17 +15,18 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::api::{
-    AcquireRequest, Acquired, BODY_LIMIT, Body, ReleaseRequest, RenewRequest, Renewed, check_token,
+    Accepted, AcquireRequest, Acquired, Action, ActionRequest, BODY_LIMIT, Body, ReleaseRequest,
+    RenewRequest, Renewed, check_token,
 };
 use super::error::ApiError;
 use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
 use super::openapi::{ErrorBody, Health, Pools, Released};
-use super::status::{Snapshot, pool_counts};
+use super::status::{SlotDetail, Snapshot, pool_counts};
 use crate::lease::token_matches;
-use crate::protocol::RenewOutcome;
+use crate::protocol::{Control, PROTOCOL_VERSION, RenewOutcome};
 use crate::record::SlotState;
-use crate::store::slot::read_slot;
+use crate::store::slot::{SlotView, read_slot};
 
 type Shared = State<Arc<AppState>>;
 
@@ -36,6 +37,11 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>
         (Method::POST, "/v1/pools/{pool}/acquire", post(acquire)),
         (Method::POST, "/v1/slots/{slot}/renew", post(renew)),
         (Method::POST, "/v1/slots/{slot}/release", post(release)),
+        (Method::POST, "/v1/slots/{slot}/disable", post(disable)),
+        (Method::POST, "/v1/slots/{slot}/enable", post(enable)),
+        (Method::POST, "/v1/slots/{slot}/reclaim", post(reclaim)),
+        (Method::POST, "/v1/slots/{slot}/clean", post(clean)),
+        (Method::GET, "/v1/slots/{slot}", get(slot_detail)),
         (Method::GET, "/v1/slots", get(slots)),
         (Method::GET, "/v1/pools", get(pools)),
         (Method::GET, "/healthz", get(healthz)),
@@ -215,6 +221,252 @@ pub(crate) async fn release(
         .map_err(|_| ApiError::BrokerDown)?;
     tracing::info!("release handed to the slot's worker");
     Ok((StatusCode::ACCEPTED, Json(json!({"slot": slot}))).into_response())
+}
+
+/// An operator action: checks the body, then the store record (`allowed` answers why the
+/// state does not allow it), then hands the message that `message` makes to the broker,
+/// persistent and confirmed. The slot's worker checks the record again when it applies it.
+async fn act(
+    app: &AppState,
+    slot: String,
+    name: &'static str,
+    body: Result<Body<ActionRequest>, ApiError>,
+    reason_required: bool,
+    allowed: impl Fn(&SlotView, &Action) -> Result<(), ApiError>,
+    message: impl Fn(Action) -> Control,
+) -> Result<Response, ApiError> {
+    if app.config.pool_of(&slot).is_none() {
+        return Err(ApiError::UnknownSlot(slot));
+    }
+    let action = match body {
+        Ok(body) => body.0.check(reason_required)?,
+        Err(err) => return Err(err),
+    };
+    if name != "disable" && action.now {
+        return Err(ApiError::BadRequest(format!(
+            "\"now\" is for disable only, not for {name}"
+        )));
+    }
+    let view = read_slot(app.store.as_ref(), &slot)
+        .await
+        .map_err(ApiError::Store)?;
+    if let Some(version) = view.newer {
+        return Err(ApiError::WrongState(format!(
+            "slot {slot:?} has a record written by a newer berth (version {version}); this one leaves it alone"
+        )));
+    }
+    allowed(&view, &action)?;
+    let (reason, by) = (action.reason.clone(), action.by.clone());
+    app.link
+        .action(&slot, &message(action))
+        .await
+        .map_err(|_| ApiError::BrokerDown)?;
+    tracing::info!(
+        action = name,
+        reason = reason.as_deref().unwrap_or(""),
+        by = by.as_deref().unwrap_or(""),
+        "operator action handed to the slot's worker"
+    );
+    let body = Accepted {
+        slot,
+        action: name.to_owned(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Takes the slot out of service: a free slot at once, a dirty one after its cleaning, a held
+/// one once its holder is done (drain) or, with `now`, at once (the lease is revoked).
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/disable",
+    params(("slot" = String, Path, description = "The slot")),
+    request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 400, description = "Bad input (`reason` missing or over 500 characters) or body", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: already disabled, or already draining (without `now`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(slot = %slot))]
+pub(crate) async fn disable(
+    State(app): Shared,
+    Path(slot): Path<String>,
+    body: Result<Body<ActionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let name = slot.clone();
+    let allowed = |view: &SlotView, action: &Action| {
+        let record = &view.record;
+        match record.state {
+            SlotState::Disabled => Err(ApiError::WrongState(format!(
+                "slot {name:?} is already disabled; enable it to put it back"
+            ))),
+            SlotState::Used if record.drain.is_some() && !action.now => {
+                Err(ApiError::WrongState(format!(
+                    "slot {name:?} is already draining (disabled once its holder is done); add \"now\": true to revoke the lease at once"
+                )))
+            }
+            SlotState::Dirty if record.drain.is_some() => Err(ApiError::WrongState(format!(
+                "slot {name:?} is already being cleaned to be disabled"
+            ))),
+            _ => Ok(()),
+        }
+    };
+    act(&app, slot, "disable", body, true, allowed, |action| {
+        Control::Disable {
+            v: PROTOCOL_VERSION,
+            reason: action.reason.unwrap_or_default(),
+            by: action.by,
+            now: action.now,
+        }
+    })
+    .await
+}
+
+/// Puts a disabled slot back (cleaned first, then free), or cancels a pending drain.
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/enable",
+    params(("slot" = String, Path, description = "The slot")),
+    request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 400, description = "Bad input or body", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: neither disabled nor draining", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(slot = %slot))]
+pub(crate) async fn enable(
+    State(app): Shared,
+    Path(slot): Path<String>,
+    body: Result<Body<ActionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let name = slot.clone();
+    let allowed = |view: &SlotView, _: &Action| {
+        let record = &view.record;
+        if record.state == SlotState::Disabled || record.drain.is_some() {
+            Ok(())
+        } else {
+            Err(ApiError::WrongState(format!(
+                "slot {name:?} is neither disabled nor draining (it is {})",
+                record.state
+            )))
+        }
+    };
+    act(&app, slot, "enable", body, false, allowed, |action| {
+        Control::Enable {
+            v: PROTOCOL_VERSION,
+            reason: action.reason,
+            by: action.by,
+        }
+    })
+    .await
+}
+
+/// Revokes the lease of a held slot now: it is cleaned and free again; the old token is
+/// useless from then on.
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/reclaim",
+    params(("slot" = String, Path, description = "The slot")),
+    request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 400, description = "Bad input (`reason` missing or over 500 characters) or body", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`not_held`: nobody holds the slot", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(slot = %slot))]
+pub(crate) async fn reclaim(
+    State(app): Shared,
+    Path(slot): Path<String>,
+    body: Result<Body<ActionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let name = slot.clone();
+    let allowed = |view: &SlotView, _: &Action| {
+        if view.record.state == SlotState::Used {
+            Ok(())
+        } else {
+            Err(ApiError::NotHeld(name.clone()))
+        }
+    };
+    act(&app, slot, "reclaim", body, true, allowed, |action| {
+        Control::Reclaim {
+            v: PROTOCOL_VERSION,
+            reason: action.reason.unwrap_or_default(),
+            by: action.by,
+        }
+    })
+    .await
+}
+
+/// Retries the cleaning of a dirty slot now (its backoff is reset).
+#[utoipa::path(
+    post,
+    path = "/v1/slots/{slot}/clean",
+    params(("slot" = String, Path, description = "The slot")),
+    request_body = ActionRequest,
+    responses(
+        (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 400, description = "Bad input or body", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 409, description = "`wrong_state`: the slot is not dirty", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`, `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(slot = %slot))]
+pub(crate) async fn clean(
+    State(app): Shared,
+    Path(slot): Path<String>,
+    body: Result<Body<ActionRequest>, ApiError>,
+) -> Result<Response, ApiError> {
+    let name = slot.clone();
+    let allowed = |view: &SlotView, _: &Action| {
+        if view.record.state == SlotState::Dirty {
+            Ok(())
+        } else {
+            Err(ApiError::WrongState(format!(
+                "slot {name:?} is not dirty (it is {}); only a dirty slot is cleaned",
+                view.record.state
+            )))
+        }
+    };
+    act(&app, slot, "clean", body, false, allowed, |action| {
+        Control::Clean {
+            v: PROTOCOL_VERSION,
+            reason: action.reason,
+            by: action.by,
+        }
+    })
+    .await
+}
+
+/// One slot, read from the store for this request: state, holder, lease, cleaning trouble,
+/// and what an operator action left behind.
+#[utoipa::path(get, path = "/v1/slots/{slot}",
+    params(("slot" = String, Path, description = "The slot")),
+    responses(
+        (status = 200, description = "The slot", body = SlotDetail),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+))]
+pub(crate) async fn slot_detail(
+    State(app): Shared,
+    Path(slot): Path<String>,
+) -> Result<Json<SlotDetail>, ApiError> {
+    let Some(pool) = app.config.pool_of(&slot) else {
+        return Err(ApiError::UnknownSlot(slot));
+    };
+    let pool = pool.name.clone();
+    let view = read_slot(app.store.as_ref(), &slot)
+        .await
+        .map_err(ApiError::Store)?;
+    Ok(Json(SlotDetail::new(&slot, &pool, view)))
 }
 
 /// Every slot's state, from one bulk read of the store at most 2 s old (`as_of`).

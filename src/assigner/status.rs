@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::record::SlotState;
+use crate::record::{Drain, SlotState};
 use crate::store::slot::SlotView;
 use crate::store::{SlotStore, StoreError};
 
@@ -22,13 +22,85 @@ const FRESH_FOR: Duration = Duration::from_secs(2);
 pub(crate) struct SlotStatus {
     pub(crate) slot: String,
     pub(crate) pool: String,
-    /// `free`, `used`, `dirty`, `disabled`, or `missing` when the store has no such resource.
+    /// `free`, `used`, `dirty`, `disabled`, `missing` when the store has no such resource,
+    /// or `unknown` when a newer berth wrote the record (left alone).
     pub(crate) state: String,
     pub(crate) owner: Option<String>,
+    /// When the current holder got the slot.
+    pub(crate) held_since: Option<DateTime<Utc>>,
+    pub(crate) lease_expires: Option<DateTime<Utc>>,
+    /// A disable waits for the slot to come back (drain).
+    pub(crate) draining: bool,
+    pub(crate) touched: Option<DateTime<Utc>>,
+    pub(crate) clean_failures: u32,
+    pub(crate) last_error: Option<String>,
+}
+
+/// One slot as `GET /v1/slots/{slot}` shows it, read from the store for the request.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub(crate) struct SlotDetail {
+    pub(crate) slot: String,
+    pub(crate) pool: String,
+    /// `free`, `used`, `dirty`, `disabled`, or `unknown` when a newer berth wrote the record.
+    pub(crate) state: String,
+    pub(crate) owner: Option<String>,
+    pub(crate) held_since: Option<DateTime<Utc>>,
     pub(crate) lease_expires: Option<DateTime<Utc>>,
     pub(crate) touched: Option<DateTime<Utc>>,
     pub(crate) clean_failures: u32,
     pub(crate) last_error: Option<String>,
+    pub(crate) disabled_reason: Option<String>,
+    pub(crate) disabled_by: Option<String>,
+    pub(crate) disabled_since: Option<DateTime<Utc>>,
+    /// A pending disable (drain): the slot becomes `disabled` after its next cleaning.
+    pub(crate) drain: Option<Drain>,
+    /// The version of a record a newer berth wrote (`state` is then `unknown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) record_version: Option<u64>,
+}
+
+impl SlotDetail {
+    pub(crate) fn new(slot: &str, pool: &str, view: SlotView) -> SlotDetail {
+        let record = view.record;
+        let base = SlotDetail {
+            slot: slot.to_owned(),
+            pool: pool.to_owned(),
+            state: "unknown".into(),
+            owner: None,
+            held_since: None,
+            lease_expires: None,
+            touched: None,
+            clean_failures: 0,
+            last_error: None,
+            disabled_reason: None,
+            disabled_by: None,
+            disabled_since: None,
+            drain: None,
+            record_version: view.newer,
+        };
+        if let Some(version) = view.newer {
+            return SlotDetail {
+                last_error: Some(format!(
+                    "the record was written by a newer berth (version {version}); this one leaves the slot alone"
+                )),
+                ..base
+            };
+        }
+        SlotDetail {
+            state: record.state.as_str().to_owned(),
+            owner: record.owner,
+            held_since: record.held_since,
+            lease_expires: record.lease_expires,
+            touched: Some(record.touched),
+            clean_failures: record.clean_failures,
+            last_error: record.last_error,
+            disabled_reason: record.disabled_reason,
+            disabled_by: record.disabled_by,
+            disabled_since: record.disabled_since,
+            drain: record.drain,
+            ..base
+        }
+    }
 }
 
 /// The slots of every configured pool, as of one store read.
@@ -70,16 +142,19 @@ impl StatusCache {
             for slot in &pool.slots {
                 let status = match archives.iter().find(|a| &a.name == slot) {
                     Some(archive) => {
-                        let record = SlotView::from_archive(archive.clone(), now).record;
+                        let view = SlotView::from_archive(archive.clone(), now);
+                        let detail = SlotDetail::new(slot, &pool.name, view);
                         SlotStatus {
                             slot: slot.clone(),
                             pool: pool.name.clone(),
-                            state: record.state.as_str().to_owned(),
-                            owner: record.owner,
-                            lease_expires: record.lease_expires,
-                            touched: Some(record.touched),
-                            clean_failures: record.clean_failures,
-                            last_error: record.last_error,
+                            state: detail.state,
+                            owner: detail.owner,
+                            held_since: detail.held_since,
+                            lease_expires: detail.lease_expires,
+                            draining: detail.drain.is_some(),
+                            touched: detail.touched,
+                            clean_failures: detail.clean_failures,
+                            last_error: detail.last_error,
                         }
                     }
                     None => SlotStatus {
@@ -87,7 +162,9 @@ impl StatusCache {
                         pool: pool.name.clone(),
                         state: "missing".into(),
                         owner: None,
+                        held_since: None,
                         lease_expires: None,
+                        draining: false,
                         touched: None,
                         clean_failures: 0,
                         last_error: Some(format!(
@@ -114,6 +191,8 @@ pub(crate) struct PoolStatus {
     pub(crate) used: usize,
     pub(crate) dirty: usize,
     pub(crate) disabled: usize,
+    /// Slots whose record a newer berth wrote (left alone by this one).
+    pub(crate) unknown: usize,
     /// Assign requests queued for the pool (`null` when the broker could not be asked).
     pub(crate) waiting: Option<u32>,
     /// Consumers of the pool's queue: worker processes with at least one free slot.
@@ -129,6 +208,7 @@ pub(crate) fn pool_counts(snapshot: &Snapshot, pool: &str) -> PoolStatus {
         used: 0,
         dirty: 0,
         disabled: 0,
+        unknown: 0,
         waiting: None,
         consumers: None,
     };
@@ -138,7 +218,8 @@ pub(crate) fn pool_counts(snapshot: &Snapshot, pool: &str) -> PoolStatus {
             s if s == SlotState::Free.as_str() => status.free += 1,
             s if s == SlotState::Used.as_str() => status.used += 1,
             s if s == SlotState::Disabled.as_str() => status.disabled += 1,
-            _ => status.dirty += 1,
+            s if s == SlotState::Dirty.as_str() || s == "missing" => status.dirty += 1,
+            _ => status.unknown += 1,
         }
     }
     status

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod generate;
 pub mod output;
 mod run;
+mod slot;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use crate::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Retrying};
 use output::Format;
 
 pub use run::{EXIT_BERTH_FAILED, EXIT_LEASE_LOST, EXIT_NO_SLOT_IN_TIME, OnLeaseLost, run};
+pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
 
 /// Where the assigner is, and how long to keep trying.
 #[derive(Debug, Clone, clap::Args)]

@@ -107,6 +107,109 @@ pub fn released(slot: &str, format: Format) -> String {
     }
 }
 
+/// What `berth slot disable|enable|reclaim|clean` prints once the action is handed over.
+pub fn action(slot: &str, action: &str, format: Format) -> String {
+    match format {
+        Format::Json => json_line(&json!({"slot": slot, "action": action, "accepted": true})),
+        Format::Env => exports(&[("BERTH_SLOT", slot.to_owned())]),
+        Format::Text => format!(
+            "{action} of {slot} handed to its worker (applied as soon as it runs); see `berth slot show {slot}`\n"
+        ),
+    }
+}
+
+/// What `berth slot show` prints, from `GET /v1/slots/{slot}`.
+pub fn slot(slot: &Value, format: Format) -> String {
+    match format {
+        Format::Json => return json_line(slot),
+        Format::Env => {
+            let mut vars = Vec::new();
+            for (key, var) in [
+                ("slot", "BERTH_SLOT"),
+                ("pool", "BERTH_POOL"),
+                ("state", "BERTH_SLOT_STATE"),
+                ("owner", "BERTH_SLOT_OWNER"),
+                ("held_since", "BERTH_SLOT_HELD_SINCE"),
+                ("lease_expires", "BERTH_SLOT_LEASE_EXPIRES"),
+                ("disabled_reason", "BERTH_SLOT_DISABLED_REASON"),
+            ] {
+                if let Some(value) = slot[key].as_str() {
+                    vars.push((var, value.to_owned()));
+                }
+            }
+            vars.push(("BERTH_SLOT_DRAINING", slot["drain"].is_object().to_string()));
+            return exports(&vars);
+        }
+        Format::Text => {}
+    }
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<16} {value}\n"));
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    line("slot", text(&slot["slot"]));
+    line("pool", text(&slot["pool"]));
+    line("state", state_text(slot));
+    line("owner", text(&slot["owner"]));
+    let held = match held_for(slot) {
+        Some(held) => format!("{} (for {held})", text(&slot["held_since"])),
+        None => "-".to_owned(),
+    };
+    line("held since", held);
+    line("lease expires", text(&slot["lease_expires"]));
+    line("touched", text(&slot["touched"]));
+    line("clean failures", text(&slot["clean_failures"]));
+    line("last error", text(&slot["last_error"]));
+    if slot["state"] == "disabled" {
+        line("disabled since", text(&slot["disabled_since"]));
+        line("disabled by", text(&slot["disabled_by"]));
+        line("disabled reason", text(&slot["disabled_reason"]));
+    }
+    if let Some(drain) = slot["drain"].as_object() {
+        let get = |k: &str| drain.get(k).map(text).unwrap_or_else(|| "-".into());
+        line(
+            "draining",
+            format!(
+                "disabled after its next cleaning (since {}, by {}): {}",
+                get("since"),
+                get("by"),
+                get("reason")
+            ),
+        );
+    }
+    out
+}
+
+/// A slot's state, marked when a drain is pending.
+fn state_text(slot: &Value) -> String {
+    let state = slot["state"].as_str().unwrap_or("-");
+    if slot["draining"].as_bool() == Some(true) || slot["drain"].is_object() {
+        format!("{state},draining")
+    } else {
+        state.to_owned()
+    }
+}
+
+/// How long the slot's holder has held it (`held_since` to now), as `3d4h`, `2h13m`,
+/// `5m20s` or `42s`.
+fn held_for(slot: &Value) -> Option<String> {
+    let since: chrono::DateTime<chrono::Utc> = slot["held_since"].as_str()?.parse().ok()?;
+    let secs = (chrono::Utc::now() - since).num_seconds().max(0);
+    Some(short_duration(secs))
+}
+
+fn short_duration(secs: i64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match () {
+        _ if d > 0 => format!("{d}d{h}h"),
+        _ if h > 0 => format!("{h}h{m}m"),
+        _ if m > 0 => format!("{m}m{s}s"),
+        _ => format!("{s}s"),
+    }
+}
+
 /// What `berth status` prints, from `GET /v1/pools` and `GET /v1/slots`. In `env`: the
 /// counts of every pool as `BERTH_POOL_<NAME>_<COUNT>` (name upper-cased, other characters
 /// than letters and digits as `_`), and the pools' names in `BERTH_POOLS`.
@@ -147,15 +250,16 @@ pub fn status(status: &Status, format: Format) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{:<16} {:<12} {:<9} {:<26} {}\n",
-        "SLOT", "POOL", "STATE", "LEASE_EXPIRES", "OWNER"
+        "\n{:<16} {:<12} {:<18} {:<8} {:<26} {}\n",
+        "SLOT", "POOL", "STATE", "HELD", "LEASE_EXPIRES", "OWNER"
     ));
     for slot in slots.as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "{:<16} {:<12} {:<9} {:<26} {}\n",
+            "{:<16} {:<12} {:<18} {:<8} {:<26} {}\n",
             text(&slot["slot"]),
             text(&slot["pool"]),
-            text(&slot["state"]),
+            state_text(slot),
+            held_for(slot).unwrap_or_else(|| "-".into()),
             text(&slot["lease_expires"]),
             text(&slot["owner"]),
         ));
@@ -214,6 +318,29 @@ fn json_line(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_for_is_short_and_draining_is_marked() {
+        assert_eq!(short_duration(42), "42s");
+        assert_eq!(short_duration(320), "5m20s");
+        assert_eq!(short_duration(2 * 3600 + 13 * 60), "2h13m");
+        assert_eq!(short_duration(3 * 86400 + 4 * 3600), "3d4h");
+        let since = (chrono::Utc::now() - chrono::Duration::seconds(125)).to_rfc3339();
+        let slot = json!({"slot": "ppa-1", "state": "used", "held_since": since, "draining": true});
+        let held = held_for(&slot).unwrap();
+        assert!(held.starts_with("2m"), "{held}");
+        assert_eq!(state_text(&slot), "used,draining");
+        let status = Status {
+            as_of: json!("now"),
+            pools: json!([]),
+            slots: json!([slot]),
+        };
+        let text = super::status(&status, Format::Text);
+        assert!(
+            text.contains("used,draining") && text.contains(" 2m"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn env_lines_are_shell_safe() {

@@ -246,6 +246,44 @@ impl Client {
         })
     }
 
+    /// `POST /v1/slots/{slot}/{action}` (`disable`, `enable`, `reclaim`, `clean`): an
+    /// operator action, handed to the slot's worker (`202`). `now` is for disable only.
+    pub async fn slot_action(
+        &self,
+        slot: &str,
+        action: &str,
+        reason: Option<&str>,
+        by: Option<&str>,
+        now: bool,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/slots/{slot}/{action}", self.base);
+        let mut body = json!({});
+        if let Some(reason) = reason {
+            body["reason"] = reason.into();
+        }
+        if let Some(by) = by {
+            body["by"] = by.into();
+        }
+        if now {
+            body["now"] = true.into();
+        }
+        self.call("slot action", |deadline| {
+            let request = self
+                .http
+                .post(&url)
+                .json(&body)
+                .timeout(call_timeout(deadline));
+            let url = url.clone();
+            async move { self.send(request, &url).await.map(drop) }
+        })
+        .await
+    }
+
+    /// `GET /v1/slots/{slot}`: one slot, read from the store (DESIGN §4).
+    pub async fn slot(&self, slot: &str) -> Result<serde_json::Value, ClientError> {
+        self.get_json(&format!("v1/slots/{slot}")).await
+    }
+
     async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/{path}", self.base);
         self.call("status", |deadline| {

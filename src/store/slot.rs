@@ -16,19 +16,23 @@ pub struct SlotView {
     pub record: SlotRecord,
     /// Whether the block was missing or unreadable.
     pub unreadable: bool,
+    /// The version of a record written by a newer berth, which this build must leave alone
+    /// (DESIGN §2): `record` is then a stand-in, not to act on.
+    pub newer: Option<u64>,
 }
 
 impl SlotView {
     /// Interprets an archive's description.
     pub fn from_archive(archive: Archive, now: DateTime<Utc>) -> SlotView {
         let parsed = parse_description(&archive.description);
-        let unreadable = parsed.record.is_none();
+        let unreadable = parsed.record.is_none() && parsed.newer.is_none();
         let record = parsed.record.unwrap_or_else(|| SlotRecord::unknown(now));
         SlotView {
             archive,
             human: parsed.human,
             record,
             unreadable,
+            newer: parsed.newer,
         }
     }
 }

@@ -17,6 +17,19 @@ use super::namespace::{config, delete_queues};
 use super::process::{Proc, berth_bin, free_port, worker_bin};
 use berth_testkit::wait_for;
 
+/// `berth-worker --all` over the configuration in `file`.
+fn spawn_workers(file: &std::path::Path) -> Proc {
+    Proc(
+        Command::new(worker_bin())
+            .args(["--all", "--config"])
+            .arg(file)
+            .env("RUST_LOG", "warn,lapin=error")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// A running stack in its own namespace.
 pub struct Stack {
     pub base: String,
@@ -27,7 +40,7 @@ pub struct Stack {
     log_format: &'static str,
     assigner: Option<Proc>,
     starts: usize,
-    workers: Proc,
+    workers: Option<Proc>,
 }
 
 impl Stack {
@@ -59,15 +72,7 @@ impl Stack {
         config.min_lease_secs = min_lease_secs;
         let file = dir.path().join("berth.toml");
         std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
-        let workers = Proc(
-            Command::new(worker_bin())
-                .args(["--all", "--config"])
-                .arg(&file)
-                .env("RUST_LOG", "warn,lapin=error")
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let workers = Some(spawn_workers(&file));
         let mut stack = Stack {
             base: format!("http://{}", config.listen),
             config,
@@ -104,6 +109,22 @@ impl Stack {
             }
         })
         .await;
+    }
+
+    /// Stops the worker process (SIGTERM) and waits for it to exit, off the test's runtime
+    /// (which serves the fake Launchpad the workers call meanwhile).
+    pub async fn stop_workers(&mut self) {
+        let mut workers = self.workers.take().expect("the workers run");
+        let status = tokio::task::spawn_blocking(move || workers.signal_and_wait(Signal::SIGTERM))
+            .await
+            .unwrap();
+        assert!(status.success(), "the workers stop cleanly: {status}");
+    }
+
+    /// Starts the worker process again.
+    pub fn start_workers(&mut self) {
+        assert!(self.workers.is_none(), "the workers are stopped");
+        self.workers = Some(spawn_workers(&self.file));
     }
 
     /// Starts `berth assigner` (again) and waits until it is ready.

@@ -47,6 +47,17 @@ impl Events {
     /// transition (on the claim path, before the reply). The publish itself is still awaited,
     /// so events leave in the order of the transitions, ahead of any reply that follows.
     pub(crate) async fn emit(&self, kind: EventKind, owner: Option<&str>) {
+        self.emit_action(kind, owner, None, None).await;
+    }
+
+    /// [`Events::emit`] for the transition of an operator action: with who asked and why.
+    pub(crate) async fn emit_action(
+        &self,
+        kind: EventKind,
+        owner: Option<&str>,
+        by: Option<&str>,
+        reason: Option<&str>,
+    ) {
         let event = Event {
             v: PROTOCOL_VERSION,
             event: kind,
@@ -54,6 +65,8 @@ impl Events {
             slot: self.slot.clone(),
             owner: owner.map(str::to_owned),
             at: Utc::now(),
+            by: by.map(str::to_owned),
+            reason: reason.map(str::to_owned),
         };
         let body = encode(&event);
         let publish = self.channel.basic_publish(

@@ -50,7 +50,15 @@ impl Session<'_> {
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(Flow::Stop),
-                    delivery = self.next_control() => self.on_control(delivery?).await?,
+                    delivery = self.next_control() => {
+                        self.on_control(delivery?).await?;
+                        self.interrupt = false;
+                        // An operator action may have taken the slot out (disabled): the
+                        // offer is dropped, and a request it brought meanwhile is requeued.
+                        if self.view.record.state != SlotState::Free {
+                            return Ok(Flow::Continue);
+                        }
+                    }
                     offered = &mut offer => match offered {
                         Ok(offered) => break offered.take(),
                         // The feed let go of us without a request: queue up again.
@@ -138,6 +146,7 @@ impl Session<'_> {
                     request: Some(body.request_id),
                     lease_sha256: Some(lease_sha256.clone()),
                     lease_expires: Some(lease_expires),
+                    held_since: Some(claimed_at),
                     ..SlotRecord::new(SlotState::Used, claimed_at)
                 })
             })
@@ -242,7 +251,7 @@ impl Session<'_> {
         let released = self
             .transition(|current| {
                 (current.state == SlotState::Used && current.request == Some(request.request_id))
-                    .then(|| SlotRecord::new(SlotState::Dirty, now()))
+                    .then(|| current.dirty_keeping_drain(now()))
             })
             .await?;
         if released {

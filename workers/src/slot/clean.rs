@@ -20,6 +20,7 @@ use berth::record::{SlotRecord, SlotState, now};
 use berth::store::slot::read_slot;
 use berth::store::{LIVE_STATUSES, SlotStore, StoreError};
 
+use super::control::Along;
 use super::retry::Call;
 use super::{Flow, Session, Trouble};
 
@@ -136,8 +137,11 @@ impl Session<'_> {
             epoch: self.epoch,
         };
         let work = empty_archive(fence, options.clean_poll, options.clean_timeout);
-        let Some(result) = self.alongside_control(work).await? else {
-            return Ok(Flow::Stop);
+        let result = match self.alongside_control(work).await? {
+            Along::Done(result) => result,
+            Along::Stopped => return Ok(Flow::Stop),
+            // An action changed the record or asked to clean again: decide afresh.
+            Along::Interrupted => return Ok(Flow::Continue),
         };
         match &result {
             Ok(_) => self.retry.succeeded(Call::Clean),
@@ -154,17 +158,30 @@ impl Session<'_> {
                 Ok(Flow::Continue)
             }
             Ok(deleted) => {
+                let drain = self.view.record.drain.clone();
                 let freed = self
                     .transition(|current| {
-                        (current.state == SlotState::Dirty)
-                            .then(|| SlotRecord::new(SlotState::Free, now()))
+                        (current.state == SlotState::Dirty).then(|| current.after_clean(now()))
                     })
                     .await?;
                 if freed {
-                    tracing::info!(deleted, "cleaned; the slot is free");
                     let took = started.elapsed();
                     self.slot.metrics.cleaned(&self.slot.spec.pool, took);
                     self.events.emit(EventKind::Cleaned, None).await;
+                    if self.view.record.state == SlotState::Disabled {
+                        tracing::info!(deleted, "cleaned; the slot is disabled, as a drain asked");
+                        let drain = self.view.record.drain.clone().or(drain);
+                        self.events
+                            .emit_action(
+                                EventKind::Disabled,
+                                None,
+                                self.view.record.disabled_by.as_deref(),
+                                drain.as_ref().map(|d| d.reason.as_str()),
+                            )
+                            .await;
+                    } else {
+                        tracing::info!(deleted, "cleaned; the slot is free");
+                    }
                 }
                 Ok(Flow::Continue)
             }
@@ -202,8 +219,8 @@ impl Session<'_> {
         tracing::warn!(error = %message, failures, retry_in_ms = delay.as_millis() as u64, "cleaning failed");
         self.events.emit(EventKind::CleanFailed, None).await;
         match self.alongside_control(tokio::time::sleep(delay)).await? {
-            Some(()) => Ok(Flow::Continue),
-            None => Ok(Flow::Stop),
+            Along::Done(()) | Along::Interrupted => Ok(Flow::Continue),
+            Along::Stopped => Ok(Flow::Stop),
         }
     }
 }

@@ -2,6 +2,12 @@
 //! consumer is the slot lock. Only a token whose hash matches the record of a used slot, with
 //! a lease not yet over by this worker's clock, renews or releases it; anything else is
 //! answered and changes nothing.
+//!
+//! The operator actions (DESIGN §2 "Operator actions": disable, enable, reclaim, clean) come
+//! the same way, persistent like a release, and this worker, the only writer of its record,
+//! applies them by compare-and-swap in its lock epoch ([`Session::transition`]), re-checking
+//! that the record still allows them: an action the record no longer allows (the assigner
+//! checked an older record, or another action won) is acked and changes nothing.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,7 +20,7 @@ use berth::lease;
 use berth::protocol::{
     Control, EventKind, PROTOCOL_VERSION, RenewOutcome, RenewReply, decode, encode,
 };
-use berth::record::{SlotRecord, SlotState, now};
+use berth::record::{Drain, SlotRecord, SlotState, now};
 
 use super::expiry::{lease_length, lease_over};
 use super::{Session, Trouble};
@@ -55,6 +61,7 @@ impl Session<'_> {
                 self.renew(&delivery, request_id, &lease_token, lease_secs)
                     .await
             }
+            action => self.action(action).await,
         };
         match result {
             Ok(()) => Ok(ack(&delivery).await?),
@@ -73,7 +80,7 @@ impl Session<'_> {
         let released = self
             .transition(|current| {
                 (standing(current, token, grace) == RenewOutcome::Renewed)
-                    .then(|| SlotRecord::new(SlotState::Dirty, now()))
+                    .then(|| current.dirty_keeping_drain(now()))
             })
             .await?;
         if released {
@@ -149,22 +156,196 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Applies an operator action (DESIGN §2 "Operator actions") if the record allows it, and
+    /// sets `interrupt` when the work in hand must stop for the worker to decide again.
+    async fn action(&mut self, action: Control) -> Result<(), Trouble> {
+        if let Some(version) = self.view.newer {
+            tracing::warn!(
+                version,
+                ?action,
+                "operator action on a slot whose record a newer berth wrote; ignored"
+            );
+            return Ok(());
+        }
+        let owner = self.view.record.owner.clone();
+        let at = now();
+        match action {
+            Control::Disable {
+                reason,
+                by,
+                now: at_once,
+                ..
+            } => {
+                let drain = Drain {
+                    reason: reason.clone(),
+                    by: by.clone(),
+                    since: at,
+                };
+                let written = self
+                    .transition(|current| match current.state {
+                        SlotState::Free => Some(SlotRecord::disabled(&drain, at)),
+                        // Revoked now: cleaned, then disabled.
+                        SlotState::Used if at_once => Some(SlotRecord {
+                            drain: Some(drain.clone()),
+                            ..current.dirty_keeping_drain(at)
+                        }),
+                        // A drain: disabled after the next cleaning. A lease already over is
+                        // the expiry's to take back, which keeps the drain like a release.
+                        SlotState::Used | SlotState::Dirty if current.drain.is_none() => {
+                            Some(SlotRecord {
+                                drain: Some(drain.clone()),
+                                ..current.clone()
+                            })
+                        }
+                        _ => None,
+                    })
+                    .await?;
+                if !written {
+                    tracing::info!(state = %self.view.record.state, "disable: the slot is already disabled or draining; nothing to do");
+                    return Ok(());
+                }
+                let record = &self.view.record;
+                match record.state {
+                    SlotState::Disabled => {
+                        tracing::info!(reason, by = by.as_deref().unwrap_or(""), "disabled");
+                        self.events
+                            .emit_action(EventKind::Disabled, None, by.as_deref(), Some(&reason))
+                            .await;
+                        self.interrupt = true;
+                    }
+                    SlotState::Dirty if at_once && owner.is_some() => {
+                        tracing::info!(
+                            reason,
+                            owner = owner.as_deref().unwrap_or(""),
+                            "disable now: the lease is revoked; cleaning, then disabled"
+                        );
+                        self.slot.metrics.released(&self.slot.spec.pool);
+                        self.events
+                            .emit_action(
+                                EventKind::Reclaimed,
+                                owner.as_deref(),
+                                by.as_deref(),
+                                Some(&reason),
+                            )
+                            .await;
+                        self.interrupt = true;
+                    }
+                    state => {
+                        tracing::info!(reason, %state, "disable: draining; disabled after the next cleaning");
+                    }
+                }
+            }
+            Control::Enable { reason, by, .. } => {
+                let written = self
+                    .transition(|current| match current.state {
+                        // Someone may have used it meanwhile: cleaned before anyone gets it.
+                        SlotState::Disabled => Some(SlotRecord::new(SlotState::Dirty, at)),
+                        _ if current.drain.is_some() => Some(SlotRecord {
+                            drain: None,
+                            ..current.clone()
+                        }),
+                        _ => None,
+                    })
+                    .await?;
+                if !written {
+                    tracing::info!(state = %self.view.record.state, "enable: the slot is neither disabled nor draining; nothing to do");
+                    return Ok(());
+                }
+                tracing::info!(reason = reason.as_deref().unwrap_or(""), state = %self.view.record.state, "enabled");
+                self.events
+                    .emit_action(EventKind::Enabled, None, by.as_deref(), reason.as_deref())
+                    .await;
+                self.interrupt = self.view.record.state == SlotState::Dirty;
+            }
+            Control::Reclaim { reason, by, .. } => {
+                let written = self
+                    .transition(|current| {
+                        (current.state == SlotState::Used).then(|| current.dirty_keeping_drain(at))
+                    })
+                    .await?;
+                if !written {
+                    tracing::info!(state = %self.view.record.state, "reclaim: the slot is not held; nothing to do");
+                    return Ok(());
+                }
+                tracing::info!(
+                    reason,
+                    owner = owner.as_deref().unwrap_or(""),
+                    "reclaimed: the lease is revoked; cleaning"
+                );
+                self.slot.metrics.released(&self.slot.spec.pool);
+                self.events
+                    .emit_action(
+                        EventKind::Reclaimed,
+                        owner.as_deref(),
+                        by.as_deref(),
+                        Some(&reason),
+                    )
+                    .await;
+                self.interrupt = true;
+            }
+            Control::Clean { reason, by, .. } => {
+                let written = self
+                    .transition(|current| {
+                        (current.state == SlotState::Dirty).then(|| SlotRecord {
+                            clean_failures: 0,
+                            touched: at,
+                            ..current.clone()
+                        })
+                    })
+                    .await?;
+                if !written {
+                    tracing::info!(state = %self.view.record.state, "clean: the slot is not dirty; nothing to do");
+                    return Ok(());
+                }
+                tracing::info!("clean requested: cleaning again now");
+                self.events
+                    .emit_action(
+                        EventKind::CleanRequested,
+                        None,
+                        by.as_deref(),
+                        reason.as_deref(),
+                    )
+                    .await;
+                self.interrupt = true;
+            }
+            Control::Release { .. } | Control::Renew { .. } => {
+                unreachable!("release and renew are handled by on_control")
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `work` to its end while answering control messages, for the states in which the
     /// slot is held by nobody (dirty, disabled): renew answers `not_held`, release is
-    /// ignored. `None` when shutdown was asked for first (`work` is dropped).
+    /// ignored. [`Along::Stopped`] when shutdown was asked for first, [`Along::Interrupted`]
+    /// when an operator action asks the worker to decide again (`work` is dropped).
     pub(super) async fn alongside_control<F: Future>(
         &mut self,
         work: F,
-    ) -> Result<Option<F::Output>, Trouble> {
+    ) -> Result<Along<F::Output>, Trouble> {
         let cancel = self.slot.cancel.clone();
         tokio::pin!(work);
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ok(None),
-                out = &mut work => return Ok(Some(out)),
-                delivery = self.next_control() => self.on_control(delivery?).await?,
+                _ = cancel.cancelled() => return Ok(Along::Stopped),
+                out = &mut work => return Ok(Along::Done(out)),
+                delivery = self.next_control() => {
+                    self.on_control(delivery?).await?;
+                    if std::mem::take(&mut self.interrupt) {
+                        return Ok(Along::Interrupted);
+                    }
+                }
             }
         }
     }
+}
+
+/// How work run alongside the control queue ended.
+pub(super) enum Along<T> {
+    Done(T),
+    /// Shutdown was asked for.
+    Stopped,
+    /// An operator action changed the record or asked for something now.
+    Interrupted,
 }

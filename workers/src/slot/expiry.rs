@@ -70,7 +70,7 @@ impl Session<'_> {
         let expired = self
             .transition(|current| {
                 (current.state == SlotState::Used && lease_over(current, grace))
-                    .then(|| SlotRecord::new(SlotState::Dirty, now()))
+                    .then(|| current.dirty_keeping_drain(now()))
             })
             .await?;
         if expired {

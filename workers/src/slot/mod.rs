@@ -23,6 +23,7 @@ mod expiry;
 mod retry;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -54,6 +55,9 @@ pub(crate) struct Slot {
     /// The process's metrics, where this slot worker counts what it does.
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    /// Whether the error about a record from a newer berth was said (once, until the record
+    /// reads again).
+    said_newer: AtomicBool,
 }
 
 impl Slot {
@@ -74,6 +78,7 @@ impl Slot {
             feed,
             metrics,
             cancel,
+            said_newer: AtomicBool::new(false),
         }
     }
 }
@@ -92,6 +97,9 @@ enum Trouble {
         "another worker took the slot over (the record's lock epoch is {found}, ours was {ours})"
     )]
     Fenced { ours: u64, found: u64 },
+    /// A newer berth wrote the record (DESIGN §2): this worker leaves the slot alone.
+    #[error("a newer berth wrote the slot record (record version {0})")]
+    Newer(u64),
 }
 
 /// Whether the worker goes on after a step.
@@ -118,6 +126,9 @@ struct Session<'a> {
     /// Pauses after store trouble, and the alarm for store errors no retry fixes; the slot
     /// worker's, kept from one session to the next so that an alarm is said once.
     retry: &'a mut Retry,
+    /// Set by an operator action that changed the record or asked for a cleaning now: the
+    /// work in hand alongside the control queue stops, and the worker decides again.
+    interrupt: bool,
 }
 
 /// The pause before reconnecting after broker trouble starts here and doubles up to
@@ -170,7 +181,7 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
                 tracing::info!("stopped");
                 return;
             }
-            Err(err @ Trouble::Fenced { .. }) => {
+            Err(err @ (Trouble::Fenced { .. } | Trouble::Newer(_))) => {
                 // Said once: the session is over and the worker waits for the lock again, which
                 // the broker will not give it while the worker that fenced it lives.
                 tracing::warn!(error = %err, "fenced: doing nothing more to the slot; waiting for the slot lock again");
@@ -222,8 +233,9 @@ impl<'a> Session<'a> {
             view,
             gauge,
             retry,
+            interrupt: false,
         };
-        if !session.take_over().await {
+        if !session.take_over().await? {
             return Ok(());
         }
         tracing::info!(state = %session.view.record.state, epoch = session.epoch, "recovered the slot record; took the slot over");
@@ -233,9 +245,14 @@ impl<'a> Session<'a> {
     /// Raises the record's lock epoch by one, by compare-and-swap, and makes it this
     /// session's: from then on a worker that held the slot before and still believes it does
     /// fails its next write or fencing check. A record that was unreadable is written back
-    /// readable (dirty). Retries until written; `false` when shutdown was asked for first.
-    async fn take_over(&mut self) -> bool {
+    /// readable (dirty). A record from a newer berth is not written: the worker waits until
+    /// it reads again ([`Session::wait_newer`]). Retries until written; `false` when shutdown
+    /// was asked for first.
+    async fn take_over(&mut self) -> Result<bool, Trouble> {
         loop {
+            if !self.wait_newer().await? {
+                return Ok(false);
+            }
             let epoch = self.view.record.epoch.saturating_add(1);
             let record = self.view.record.clone().in_epoch(epoch);
             let written = write_slot(&*self.slot.store, &self.view, &record).await;
@@ -244,7 +261,7 @@ impl<'a> Session<'a> {
                 Ok(view) => {
                     self.seen(view);
                     self.epoch = epoch;
-                    return true;
+                    return Ok(true);
                 }
                 // The worker before us wrote meanwhile (it has not noticed it lost the lock
                 // yet): read its write and raise the epoch over it.
@@ -254,7 +271,7 @@ impl<'a> Session<'a> {
                         .retry
                         .delay(&err, "cannot write the lock epoch; retrying");
                     if !pause(&self.slot.cancel, delay).await {
-                        return false;
+                        return Ok(false);
                     }
                 }
             }
@@ -268,12 +285,55 @@ impl<'a> Session<'a> {
                             .retry
                             .delay(&err, "cannot read the slot record; retrying");
                         if !pause(&self.slot.cancel, delay).await {
-                            return false;
+                            return Ok(false);
                         }
                     }
                 }
             }
         }
+    }
+
+    /// While the record is one a newer berth wrote (a rolling upgrade), leaves the slot
+    /// alone: writes nothing, answers control messages as for a slot nobody holds, says so
+    /// once at error level, and reads the record again every `disabled_poll`. `Ok(true)` once
+    /// the record reads; `false` when shutdown was asked for first.
+    async fn wait_newer(&mut self) -> Result<bool, Trouble> {
+        while let Some(version) = self.view.newer {
+            if !self.slot.said_newer.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    version,
+                    "the slot record was written by a newer berth (record version {version}); \
+                     leaving the slot alone (not cleaned, not claimed) until this worker is \
+                     upgraded or the record is written again in version {}",
+                    berth::record::RECORD_VERSION
+                );
+            }
+            let poll = tokio::time::sleep(self.slot.options.disabled_poll);
+            if let control::Along::Stopped = self.alongside_control(poll).await? {
+                return Ok(false);
+            }
+            // A plain read: nothing is this worker's until it has taken the slot over.
+            let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
+            self.retry.note(Call::Read, &read);
+            match read {
+                Ok(view) => {
+                    self.epoch = view.record.epoch;
+                    self.seen(view);
+                }
+                Err(err) => {
+                    let delay = self
+                        .retry
+                        .delay(&err, "cannot read the slot record; retrying");
+                    if !pause(&self.slot.cancel, delay).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        if self.slot.said_newer.swap(false, Ordering::Relaxed) {
+            tracing::info!("the slot record reads again; taking the slot over");
+        }
+        Ok(true)
     }
 
     async fn run(mut self) -> Result<(), Trouble> {
@@ -316,6 +376,9 @@ impl<'a> Session<'a> {
         let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
         self.retry.note(Call::Read, &read);
         let view = read?;
+        if let Some(version) = view.newer {
+            return Err(Trouble::Newer(version));
+        }
         fence(self.epoch, &view.record)?;
         self.seen(view);
         Ok(())
@@ -387,6 +450,7 @@ impl<'a> Session<'a> {
             _ = cancel.cancelled() => Ok(Flow::Stop),
             delivery = self.next_control() => {
                 self.on_control(delivery?).await?;
+                self.interrupt = false;
                 Ok(Flow::Continue)
             }
             _ = tokio::time::sleep(wait) => self.expire().await,
@@ -397,15 +461,15 @@ impl<'a> Session<'a> {
     /// its record again now and then, until an operator sets another state.
     async fn wait_disabled(&mut self) -> Result<Flow, Trouble> {
         let poll = self.slot.options.disabled_poll;
-        if self
-            .alongside_control(tokio::time::sleep(poll))
-            .await?
-            .is_none()
-        {
-            return Ok(Flow::Stop);
+        match self.alongside_control(tokio::time::sleep(poll)).await? {
+            control::Along::Stopped => Ok(Flow::Stop),
+            // An action moved the slot on (enable): the view is already the record written.
+            control::Along::Interrupted => Ok(Flow::Continue),
+            control::Along::Done(()) => {
+                self.reread().await?;
+                Ok(Flow::Continue)
+            }
         }
-        self.reread().await?;
-        Ok(Flow::Continue)
     }
 }
 
