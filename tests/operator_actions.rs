@@ -30,6 +30,22 @@ impl Ops {
         }
     }
 
+    /// A stack whose cleanings of a PPA with uploads keep failing: deletions take an hour
+    /// in the fake, an attempt gives up after 1 s, and the pause after a failure is 20 s.
+    async fn start_failing_cleanings() -> Ops {
+        let stack = Stack::start_tuned(1, 30, "text", |fake, config| {
+            fake.deletion_delay = Duration::from_secs(3600);
+            config.worker.clean_timeout_secs = 1;
+            config.worker.backoff_min_millis = 20_000;
+            config.worker.backoff_max_millis = 60_000;
+        })
+        .await;
+        Ops {
+            stack,
+            http: reqwest::Client::new(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.stack.base)
     }
@@ -419,5 +435,66 @@ async fn disable_racing_an_acquire_has_one_winner() {
         assert_eq!(acquire.json["error"], "no_slot", "{}", acquire.text);
     }
     ops.wait_state("ppa-1", "disabled").await;
+    ops.stack.stop().await;
+}
+
+/// `clean` on a dirty slot whose cleaning keeps failing: tried again at once, not after the
+/// pause its failures earned, with the count of failures reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_retries_a_failing_cleaning_now() {
+    let ops = Ops::start_failing_cleanings().await;
+    let (slot, token) = acquired(&ops.acquire(5).await);
+    ops.stack.fake.add_upload(&slot, "stuck", "1.0");
+    let released = ops.held(&slot, "release", &token).await;
+    assert_eq!(released.status, StatusCode::ACCEPTED, "{}", released.text);
+    let failed = wait_for("a failed cleaning", WITHIN, || async {
+        let shown = ops.show(&slot).await;
+        if shown["clean_failures"].as_u64() >= Some(1) {
+            Ok(shown)
+        } else {
+            Err(format!("{shown}"))
+        }
+    })
+    .await;
+    assert_eq!(failed["state"], "dirty");
+    assert!(failed["last_error"].is_string(), "{failed}");
+    let writes_before = ops.stack.fake.history().len();
+    let asked = std::time::Instant::now();
+    let out = ops
+        .stack
+        .berth(&["slot", "clean", &slot, "--reason", "retry please"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Reset to 0, then failed again well before the 20 s pause was over.
+    wait_for(
+        "the cleaning to be tried again",
+        Duration::from_secs(10),
+        || async {
+            let writes = ops.stack.fake.history()[writes_before..].to_vec();
+            let reset = writes
+                .iter()
+                .position(|w| w.description.contains("\"clean_failures\":0"));
+            let again = reset.and_then(|at| {
+                writes[at..]
+                    .iter()
+                    .find(|w| w.description.contains("\"clean_failures\":1"))
+            });
+            match again {
+                Some(_) => Ok(()),
+                None => Err(format!("{} writes since the action", writes.len())),
+            }
+        },
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        asked.elapsed()
+    );
     ops.stack.stop().await;
 }

@@ -47,16 +47,27 @@ impl Stack {
     /// `slots` PPAs `ppa-1` … in pool `ppa`; leases as short as `min_lease_secs` allowed;
     /// the assigner logs in `log_format` (`text` or `json`).
     pub async fn start(slots: usize, min_lease_secs: u64, log_format: &'static str) -> Stack {
+        Stack::start_tuned(slots, min_lease_secs, log_format, |_, _| {}).await
+    }
+
+    /// [`Stack::start`], with `tune` changing the fake Launchpad's and berth's configuration
+    /// first.
+    pub async fn start_tuned(
+        slots: usize,
+        min_lease_secs: u64,
+        log_format: &'static str,
+        tune: impl FnOnce(&mut FakeConfig, &mut Config),
+    ) -> Stack {
         let names: Vec<String> = (1..=slots).map(|i| format!("ppa-{i}")).collect();
-        let fake = FakeLaunchpad::start(
-            "127.0.0.1:0".parse().unwrap(),
-            FakeConfig {
-                ppas: slots,
-                ..FakeConfig::default()
-            },
-        )
-        .await
-        .unwrap();
+        let mut fake_config = FakeConfig {
+            ppas: slots,
+            ..FakeConfig::default()
+        };
+        let mut config = config(&names.iter().map(String::as_str).collect::<Vec<_>>());
+        tune(&mut fake_config, &mut config);
+        let fake = FakeLaunchpad::start("127.0.0.1:0".parse().unwrap(), fake_config)
+            .await
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let credentials = dir.path().join("credentials");
         std::fs::write(
@@ -64,7 +75,6 @@ impl Stack {
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = t\naccess_secret = s\n",
         )
         .unwrap();
-        let mut config = config(&names.iter().map(String::as_str).collect::<Vec<_>>());
         config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         config.store.api_root = fake.api_root();
         config.store.credentials_file = Some(credentials);
