@@ -75,6 +75,15 @@ impl MetricConstructor<Histogram> for CleanBuckets {
     }
 }
 
+/// The operator actions counted by `berth_worker_actions`.
+pub(crate) const ACTIONS: [&str; 4] = ["disable", "enable", "reclaim", "clean"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    pool: String,
+    action: &'static str,
+}
+
 /// The metrics of one worker process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -82,6 +91,7 @@ pub struct Metrics {
     claims: Family<PoolLabels, Counter>,
     releases: Family<PoolLabels, Counter>,
     expiries: Family<PoolLabels, Counter>,
+    actions: Family<ActionLabels, Counter>,
     clean_duration: Family<PoolLabels, Histogram, CleanBuckets>,
     clean_failures: Family<PoolLabels, Counter>,
     store_errors: Family<ErrorLabels, Counter>,
@@ -100,6 +110,7 @@ impl Metrics {
             claims: Family::default(),
             releases: Family::default(),
             expiries: Family::default(),
+            actions: Family::default(),
             clean_duration: Family::new_with_constructor(CleanBuckets),
             clean_failures: Family::default(),
             store_errors: Family::default(),
@@ -113,6 +124,12 @@ impl Metrics {
             let _ = metrics.claims.get_or_create(&labels);
             let _ = metrics.releases.get_or_create(&labels);
             let _ = metrics.expiries.get_or_create(&labels);
+            for action in ACTIONS {
+                let _ = metrics.actions.get_or_create(&ActionLabels {
+                    pool: pool.to_owned(),
+                    action,
+                });
+            }
             let _ = metrics.clean_duration.get_or_create(&labels);
             let _ = metrics.clean_failures.get_or_create(&labels);
             let _ = metrics.events_unpublished.get_or_create(&labels);
@@ -146,6 +163,11 @@ impl Metrics {
             "berth_worker_expiries",
             "Leases that ran out (plus grace) and were taken back (written dirty), by pool",
             self.expiries.clone(),
+        );
+        r.register(
+            "berth_worker_actions",
+            "Operator actions applied (the record written), by pool and action: disable, enable, reclaim (and disable --now of a held slot), clean",
+            self.actions.clone(),
         );
         r.register(
             "berth_worker_clean_duration_seconds",
@@ -191,6 +213,16 @@ impl Metrics {
 
     pub(crate) fn released(&self, pool: &str) {
         self.releases.get_or_create(&pool_labels(pool)).inc();
+    }
+
+    /// Counts an operator action applied; `action` is one of [`ACTIONS`].
+    pub(crate) fn action(&self, pool: &str, action: &'static str) {
+        self.actions
+            .get_or_create(&ActionLabels {
+                pool: pool.to_owned(),
+                action,
+            })
+            .inc();
     }
 
     pub(crate) fn expired(&self, pool: &str) {
@@ -403,6 +435,7 @@ mod tests {
     fn every_pool_has_its_series_from_the_start_and_the_text_parses() {
         let metrics = Arc::new(Metrics::new(["ppa"]));
         metrics.claimed("ppa");
+        metrics.action("ppa", "reclaim");
         metrics.store_error("ppa", &StoreError::Unavailable { status: 503 });
         metrics.store_error("ppa", &StoreError::Conflict);
         metrics.store_error("ppa", &StoreError::Unauthorized { status: 401 });
@@ -418,6 +451,8 @@ mod tests {
         for line in [
             "berth_worker_claims_total{pool=\"ppa\"} 1",
             "berth_worker_releases_total{pool=\"ppa\"} 0",
+            "berth_worker_actions_total{pool=\"ppa\",action=\"reclaim\"} 1",
+            "berth_worker_actions_total{pool=\"ppa\",action=\"disable\"} 0",
             "berth_worker_store_errors_total{pool=\"ppa\",kind=\"retryable\"} 1",
             "berth_worker_store_errors_total{pool=\"ppa\",kind=\"fatal\"} 1",
             "berth_worker_clean_duration_seconds_count{pool=\"ppa\"} 1",

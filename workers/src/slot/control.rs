@@ -204,6 +204,7 @@ impl Session<'_> {
                     tracing::info!(state = %self.view.record.state, "disable: the slot is already disabled or draining; nothing to do");
                     return Ok(());
                 }
+                self.slot.metrics.action(&self.slot.spec.pool, "disable");
                 let record = &self.view.record;
                 match record.state {
                     SlotState::Disabled => {
@@ -219,7 +220,7 @@ impl Session<'_> {
                             owner = owner.as_deref().unwrap_or(""),
                             "disable now: the lease is revoked; cleaning, then disabled"
                         );
-                        self.slot.metrics.released(&self.slot.spec.pool);
+                        self.slot.metrics.action(&self.slot.spec.pool, "reclaim");
                         self.events
                             .emit_action(
                                 EventKind::Reclaimed,
@@ -252,6 +253,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 tracing::info!(reason = reason.as_deref().unwrap_or(""), state = %self.view.record.state, "enabled");
+                self.slot.metrics.action(&self.slot.spec.pool, "enable");
                 self.events
                     .emit_action(EventKind::Enabled, None, by.as_deref(), reason.as_deref())
                     .await;
@@ -272,7 +274,7 @@ impl Session<'_> {
                     owner = owner.as_deref().unwrap_or(""),
                     "reclaimed: the lease is revoked; cleaning"
                 );
-                self.slot.metrics.released(&self.slot.spec.pool);
+                self.slot.metrics.action(&self.slot.spec.pool, "reclaim");
                 self.events
                     .emit_action(
                         EventKind::Reclaimed,
@@ -298,6 +300,7 @@ impl Session<'_> {
                     return Ok(());
                 }
                 tracing::info!("clean requested: cleaning again now");
+                self.slot.metrics.action(&self.slot.spec.pool, "clean");
                 self.events
                     .emit_action(
                         EventKind::CleanRequested,
