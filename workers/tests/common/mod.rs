@@ -258,6 +258,15 @@ impl Client {
             .await;
     }
 
+    /// Publishes an operator action to the slot's control queue, persistent, as the assigner
+    /// does.
+    pub async fn action(&self, slot: &str, message: &Control) {
+        let properties =
+            berth::broker::json_properties().with_delivery_mode(berth::broker::PERSISTENT);
+        self.publish(&self.names.slot_queue(slot), &encode(message), properties)
+            .await;
+    }
+
     pub async fn renew(&mut self, slot: &str, token: &str, lease_secs: u64) -> RenewReply {
         let request_id = Uuid::new_v4();
         let message = Control::Renew {
