@@ -10,6 +10,7 @@
 //! checked an older record, or another action won) is acked and changes nothing.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -237,14 +238,22 @@ impl Session<'_> {
                 }
             }
             Control::Enable { reason, by, .. } => {
+                // Whether the record written was a disabled one (the transition may re-read).
+                let was_disabled = AtomicBool::new(false);
                 let written = self
                     .transition(|current| match current.state {
                         // Someone may have used it meanwhile: cleaned before anyone gets it.
-                        SlotState::Disabled => Some(SlotRecord::new(SlotState::Dirty, at)),
-                        _ if current.drain.is_some() => Some(SlotRecord {
-                            drain: None,
-                            ..current.clone()
-                        }),
+                        SlotState::Disabled => {
+                            was_disabled.store(true, Ordering::Relaxed);
+                            Some(SlotRecord::new(SlotState::Dirty, at))
+                        }
+                        _ if current.drain.is_some() => {
+                            was_disabled.store(false, Ordering::Relaxed);
+                            Some(SlotRecord {
+                                drain: None,
+                                ..current.clone()
+                            })
+                        }
                         _ => None,
                     })
                     .await?;
@@ -257,7 +266,9 @@ impl Session<'_> {
                 self.events
                     .emit_action(EventKind::Enabled, None, by.as_deref(), reason.as_deref())
                     .await;
-                self.interrupt = self.view.record.state == SlotState::Dirty;
+                // A disabled slot's wait ends (it is dirty now, to be cleaned); a cancelled drain
+                // changes nothing in the work in hand.
+                self.interrupt = was_disabled.load(Ordering::Relaxed);
             }
             Control::Reclaim { reason, by, .. } => {
                 let written = self

@@ -181,10 +181,16 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
                 tracing::info!("stopped");
                 return;
             }
-            Err(err @ (Trouble::Fenced { .. } | Trouble::Newer(_))) => {
+            Err(err @ Trouble::Fenced { .. }) => {
                 // Said once: the session is over and the worker waits for the lock again, which
                 // the broker will not give it while the worker that fenced it lives.
                 tracing::warn!(error = %err, "fenced: doing nothing more to the slot; waiting for the slot lock again");
+                backoff.reset();
+            }
+            Err(err @ Trouble::Newer(_)) => {
+                // The next session finds the record as it is and leaves it alone
+                // (`Session::wait_newer`), saying so at error level.
+                tracing::warn!(error = %err, "doing nothing more to the slot; starting over from the record");
                 backoff.reset();
             }
             Err(err) => {
