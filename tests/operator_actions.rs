@@ -498,3 +498,35 @@ async fn clean_retries_a_failing_cleaning_now() {
     );
     ops.stack.stop().await;
 }
+
+/// Enable racing a drain's end (the holder's release): whichever the worker applies first,
+/// the drain is cancelled or the disabled slot enabled, and the slot ends free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enable_racing_a_drain_ends_free() {
+    let ops = Ops::start(1).await;
+    let (slot, token) = acquired(&ops.acquire(5).await);
+    let answer = ops.act(&slot, "disable", json!({"reason": "drain"})).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.text);
+    wait_for("the drain to be written", WITHIN, || async {
+        let shown = ops.show(&slot).await;
+        if shown["drain"].is_object() {
+            Ok(())
+        } else {
+            Err(format!("{shown}"))
+        }
+    })
+    .await;
+    let (release, enable) = tokio::join!(
+        ops.held(&slot, "release", &token),
+        ops.act(&slot, "enable", json!({"reason": "changed my mind"})),
+    );
+    assert_eq!(release.status, StatusCode::ACCEPTED, "{}", release.text);
+    assert_eq!(enable.status, StatusCode::ACCEPTED, "{}", enable.text);
+    let shown = ops.wait_state(&slot, "free").await;
+    assert!(
+        shown["drain"].is_null() && shown["disabled_reason"].is_null(),
+        "{shown}"
+    );
+    acquired(&ops.acquire(5).await);
+    ops.stack.stop().await;
+}
