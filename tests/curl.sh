@@ -9,6 +9,10 @@ json='content-type: application/json'
 
 fail() { echo "curl.sh: $*" >&2; exit 1; }
 
+# get PATH -> the body. Read whole before grepping: `curl | grep -q` under pipefail fails
+# when grep stops reading early and curl cannot write the rest (curl: (23)).
+get() { curl -sS "$url$1"; }
+
 # post PATH BODY -> prints "STATUS BODY"
 post() {
     curl -sS -X POST "$url$1" -H "$json" -d "$2" -w ' %{http_code}' | sed -E 's/^(.*) ([0-9]{3})$/\2 \1/'
@@ -27,7 +31,7 @@ echo "$answer" | grep -q '"reference":"ppa:berth-ci/' || fail "no PPA reference 
 echo "acquired $slot until $expires"
 
 # 2. It shows as used by us.
-curl -sS "$url/v1/slots" | grep -q "\"slot\":\"$slot\",\"pool\":\"ppa\",\"state\":\"used\",\"owner\":\"ci-job-42\"" \
+grep -q "\"slot\":\"$slot\",\"pool\":\"ppa\",\"state\":\"used\",\"owner\":\"ci-job-42\"" <<<"$(get /v1/slots)" \
     || fail "GET /v1/slots does not show $slot used by ci-job-42"
 
 # 3. Renew moves the lease later.
@@ -51,10 +55,10 @@ answer=$(post "/v1/slots/$slot/release" "{\"lease_token\":\"$token\"}")
 [ "${answer%% *}" = 202 ] || fail "release answered: $answer"
 echo "released $slot"
 for _ in $(seq 1 100); do
-    if curl -sS "$url/v1/slots" | grep -q "\"slot\":\"$slot\",\"pool\":\"ppa\",\"state\":\"free\""; then
+    if grep -q "\"slot\":\"$slot\",\"pool\":\"ppa\",\"state\":\"free\"" <<<"$(get /v1/slots)"; then
         echo "$slot is free again"
-        curl -sS "$url/readyz" | grep -q ready || fail "/readyz is not ready"
-        curl -sS "$url/metrics" | grep -q '^berth_acquire_duration_seconds_count' || fail "no metrics"
+        grep -q ready <<<"$(get /readyz)" || fail "/readyz is not ready"
+        grep -q '^berth_acquire_duration_seconds_count' <<<"$(get /metrics)" || fail "no metrics"
         echo "ok"
         exit 0
     fi
