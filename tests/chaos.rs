@@ -3,9 +3,26 @@
 //! RabbitMQ node behind a TCP proxy — under many concurrent clients, while a fault schedule
 //! kills processes, pauses the worker that holds a slot lock (SIGSTOP, often while it
 //! cleans, sometimes cut off from the broker as by a network split so that it wakes up still
-//! believing it holds the lock), restarts the broker, cuts and stalls connections and makes
-//! the store fail. A checker counts violations of invariants 1–5, and of fencing: no
-//! deletion may reach a slot while a client holds it.
+//! believing it holds the lock), restarts the broker, cuts and stalls connections, makes
+//! the store fail, and acts as an operator (a few actions in a row, DESIGN §2 "Operator
+//! actions"): disable (drain, or `now`), enable, reclaim and clean, on slots they fit (a held
+//! one to reclaim or disable at once, a dirty one to clean, a disabled one to enable) and now
+//! and then on any (to be refused). At most two slots are disabled at once; when the schedule
+//! ends every slot a disable may have reached is enabled (a pending drain cancelled), again
+//! while quiescing until its worker has applied it. A checker counts violations of invariants
+//! 1–5, and of fencing: no deletion may reach a slot while a client holds it.
+//!
+//! A revoked lease (reclaim, disable with `now`) stops being valid at the write that revoked
+//! it (DESIGN §7): the checker finds, in the fake Launchpad's write history, the write that
+//! took the slot from `used` with that lease to `dirty`; a hold that outlived it (the client
+//! learns only from its next renew or release, `409`) or got a refusal counts as revoked
+//! only if a reclaim or disable-now request for that slot was sent before that write (one
+//! request per revoked hold). Its hold then ends at that write, for invariant 1 and for
+//! fencing (the cleaning after it deletes under nobody; a deletion or a second holder before
+//! it is still a violation), and its `409`s after it are none. Any other `403`/`409` to a
+//! holder is a violation. A worker that revoked without going through `dirty` (wrote `free`)
+//! makes it fail: the hold is not ended, the next holder overlaps it, the cleaning deletes
+//! under it, the holder's release is refused.
 //!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
