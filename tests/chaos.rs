@@ -3,9 +3,26 @@
 //! RabbitMQ node behind a TCP proxy — under many concurrent clients, while a fault schedule
 //! kills processes, pauses the worker that holds a slot lock (SIGSTOP, often while it
 //! cleans, sometimes cut off from the broker as by a network split so that it wakes up still
-//! believing it holds the lock), restarts the broker, cuts and stalls connections and makes
-//! the store fail. A checker counts violations of invariants 1–5, and of fencing: no
-//! deletion may reach a slot while a client holds it.
+//! believing it holds the lock), restarts the broker, cuts and stalls connections, makes
+//! the store fail, and acts as an operator (a few actions in a row, DESIGN §2 "Operator
+//! actions"): disable (drain, or `now`), enable, reclaim and clean, on slots they fit (a held
+//! one to reclaim or disable at once, a dirty one to clean, a disabled one to enable) and now
+//! and then on any (to be refused). At most two slots are disabled at once; when the schedule
+//! ends every slot a disable may have reached is enabled (a pending drain cancelled), again
+//! while quiescing until its worker has applied it. A checker counts violations of invariants
+//! 1–5, and of fencing: no deletion may reach a slot while a client holds it.
+//!
+//! A revoked lease (reclaim, disable with `now`) stops being valid at the write that revoked
+//! it (DESIGN §7): the checker finds, in the fake Launchpad's write history, the write that
+//! took the slot from `used` with that lease to `dirty`; a hold that outlived it (the client
+//! learns only from its next renew or release, `409`) or got a refusal counts as revoked
+//! only if a reclaim or disable-now request for that slot was sent before that write (one
+//! request per revoked hold). Its hold then ends at that write, for invariant 1 and for
+//! fencing (the cleaning after it deletes under nobody; a deletion or a second holder before
+//! it is still a violation), and its `409`s after it are none. Any other `403`/`409` to a
+//! holder is a violation. A worker that revoked without going through `dirty` (wrote `free`)
+//! makes it fail: the hold is not ended, the next holder overlaps it, the cleaning deletes
+//! under it, the holder's release is refused.
 //!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
@@ -190,7 +207,21 @@ struct Held {
     slot: String,
     token_sha256: String,
     from: Instant,
+    /// When the client stopped using the slot (its first release attempt, or its lease's
+    /// end); the checker ends it earlier at the write that revoked the lease, if one did.
     until: Instant,
+    /// `403`/`409` answers its holder got where a `202` was due: a violation unless an
+    /// operator revoked the lease before the answer (the checker decides, from the store).
+    refusals: Vec<Refusal>,
+    /// When the store's write history says an operator revoked the lease (set by the checker).
+    revoked: Option<Instant>,
+}
+
+/// A refusal a holder got, and when.
+#[derive(Debug, Clone)]
+struct Refusal {
+    what: String,
+    answered: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +236,7 @@ struct Tally {
     wrong_token_refused: u64,
     never_released: u64,
     renews: u64,
+    renews_refused: u64,
     held: Vec<Held>,
     violations: Vec<String>,
     last_success: Option<Instant>,
@@ -329,9 +361,12 @@ async fn client_loop(
                 token_sha256,
                 from: got,
                 until,
+                refusals: Vec::new(),
+                revoked: None,
             });
             continue;
         }
+        let mut refusals = Vec::new();
         if roll < 0.2 {
             let wrong = berth::lease::new_token();
             let r = post(
@@ -343,6 +378,12 @@ async fn client_loop(
             if let Some((code, _)) = r {
                 if code == 403 {
                     tally.lock().unwrap().wrong_token_refused += 1;
+                } else if code == 409 {
+                    // `not_held`: right only if an operator revoked the lease meanwhile.
+                    refusals.push(Refusal {
+                        what: format!("a wrong token's release of {slot} answered 409"),
+                        answered: Instant::now(),
+                    });
                 } else if code != 503 {
                     tally.lock().unwrap().violations.push(format!(
                         "inv1: a wrong token's release of {slot} answered {code}"
@@ -359,9 +400,15 @@ async fn client_loop(
                 json!({"lease_token": token, "lease_secs": lease_secs}),
             )
             .await;
-            if let Some((200, body)) = r {
-                until = until.max(instant_of(parse_time(&body["lease_expires"])));
-                tally.lock().unwrap().renews += 1;
+            match r {
+                Some((200, body)) => {
+                    until = until.max(instant_of(parse_time(&body["lease_expires"])));
+                    tally.lock().unwrap().renews += 1;
+                }
+                // The lease was revoked (or a bug): the release below says it again, and the
+                // checker decides from the store's history.
+                Some((409, _)) => tally.lock().unwrap().renews_refused += 1,
+                _ => {}
             }
         }
         // Release, retrying a little while the broker or assigner is away; if it never
@@ -394,9 +441,14 @@ async fn client_loop(
                     break;
                 }
                 Some((code @ (403 | 409), body)) => {
-                    tally.lock().unwrap().violations.push(format!(
-                        "inv1/2: release of {slot} by its holder {owner} answered {code} {body} before its lease ended"
-                    ));
+                    // A violation unless an operator revoked the lease before this answer:
+                    // the checker tells which from the store's write history.
+                    refusals.push(Refusal {
+                        what: format!(
+                            "release of {slot} by its holder {owner} answered {code} {body} before its lease ended"
+                        ),
+                        answered: Instant::now(),
+                    });
                     break;
                 }
                 _ => tokio::time::sleep(Duration::from_millis(300)).await,
@@ -414,6 +466,8 @@ async fn client_loop(
             token_sha256,
             from: got,
             until,
+            refusals,
+            revoked: None,
         });
     }
 }
@@ -457,9 +511,11 @@ enum Fault {
     StoreSlow,
     Store412,
     StallWorker,
+    /// An operator action: disable (drain or `now`), enable, reclaim or clean.
+    Operator,
 }
 
-const FAULTS: [Fault; 9] = [
+const FAULTS: [Fault; 10] = [
     Fault::KillWorker,
     Fault::KillAssigner,
     Fault::BrokerRestart,
@@ -469,7 +525,182 @@ const FAULTS: [Fault; 9] = [
     Fault::StoreSlow,
     Fault::Store412,
     Fault::StallWorker,
+    Fault::Operator,
 ];
+
+/// At most this many slots are disabled (or draining) at once: the clients keep a pool.
+const MAX_DISABLED: usize = 2;
+
+/// One operator action the fault schedule sent, and how the assigner answered it.
+#[derive(Debug, Clone)]
+struct OpRequest {
+    slot: String,
+    /// `disable`, `disable_now`, `enable`, `reclaim` or `clean`.
+    kind: &'static str,
+    sent: DateTime<Utc>,
+    /// `None`: no answer (the assigner killed under it, a cut): it may have gone through.
+    code: Option<u16>,
+}
+
+impl OpRequest {
+    /// Whether it may have revoked a lease: a reclaim or a disable with `now` that the
+    /// assigner did not refuse (a refused action is never handed to the worker).
+    fn may_revoke(&self) -> bool {
+        matches!(self.kind, "reclaim" | "disable_now")
+            && !matches!(self.code, Some(400 | 404 | 409))
+    }
+}
+
+/// The slots as `GET /v1/slots` shows them: name → (state, draining, held for how long).
+async fn slot_states(
+    http: &reqwest::Client,
+    url: &str,
+) -> Option<Vec<(String, String, bool, Option<chrono::Duration>)>> {
+    let r = http
+        .get(format!("{url}/v1/slots"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let body: Value = r.json().await.ok()?;
+    let slots = body["slots"].as_array()?;
+    Some(
+        slots
+            .iter()
+            .map(|s| {
+                let held = s["held_since"]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| Utc::now() - t.with_timezone(&Utc));
+                (
+                    s["slot"].as_str().unwrap_or_default().to_owned(),
+                    s["state"].as_str().unwrap_or_default().to_owned(),
+                    s["draining"].as_bool().unwrap_or(false),
+                    held,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Sends one operator action and records it.
+async fn operator_request(
+    http: &reqwest::Client,
+    url: &str,
+    slot: &str,
+    kind: &'static str,
+    ops: &mut Vec<OpRequest>,
+) -> Option<u16> {
+    let (action, body) = match kind {
+        "disable" => ("disable", json!({"reason": "chaos: drain"})),
+        "disable_now" => ("disable", json!({"reason": "chaos: now", "now": true})),
+        "enable" => ("enable", json!({"reason": "chaos"})),
+        "reclaim" => ("reclaim", json!({"reason": "chaos"})),
+        _ => ("clean", json!({})),
+    };
+    let sent = Utc::now();
+    let code = post(http, &format!("{url}/v1/slots/{slot}/{action}"), body)
+        .await
+        .map(|(code, _)| code);
+    ops.push(OpRequest {
+        slot: slot.to_owned(),
+        kind,
+        sent,
+        code,
+    });
+    code
+}
+
+/// The operator fault: one action at random on a slot it fits (a held one to reclaim or
+/// disable at once, a dirty one to clean, a disabled one to enable), now and then on any slot
+/// (to be refused). `disabled` is the set of slots a disable may have reached.
+async fn operator_fault(
+    http: &reqwest::Client,
+    url: &str,
+    rng: &mut rand::rngs::StdRng,
+    disabled: &mut std::collections::BTreeSet<String>,
+    ops: &mut Vec<OpRequest>,
+) {
+    let states = slot_states(http, url).await.unwrap_or_default();
+    let kind = if !disabled.is_empty() && (disabled.len() >= MAX_DISABLED || rng.random_bool(0.3)) {
+        "enable"
+    } else {
+        let r: f64 = rng.random();
+        if r < 0.35 {
+            "reclaim"
+        } else if r < 0.55 {
+            "disable_now"
+        } else if r < 0.8 {
+            "disable"
+        } else {
+            "clean"
+        }
+    };
+    // A held slot whose holder has had a moment to upload (its upload after a revocation
+    // would outlive the cleaning: the store cannot fence a client).
+    let fits = |name: &str, state: &str, held: Option<chrono::Duration>| match kind {
+        "enable" => disabled.contains(name),
+        "reclaim" | "disable_now" => {
+            state == "used"
+                && held.is_some_and(|h| h > chrono::Duration::milliseconds(500))
+                && (kind == "reclaim" || !disabled.contains(name))
+        }
+        "disable" => !disabled.contains(name),
+        _ => state == "dirty",
+    };
+    let candidates: Vec<&String> = states
+        .iter()
+        .filter(|(name, state, _, held)| fits(name, state, *held))
+        .map(|(name, ..)| name)
+        .collect();
+    let slot = if !candidates.is_empty() && rng.random_bool(0.9) {
+        candidates[rng.random_range(0..candidates.len())].clone()
+    } else if kind == "enable" {
+        disabled.iter().next().cloned().unwrap()
+    } else if kind == "clean" || kind == "reclaim" {
+        // Refused (`409`) unless the slot changed meanwhile: harmless either way.
+        format!("ppa-{}", rng.random_range(1..=SLOTS))
+    } else {
+        return;
+    };
+    if kind.starts_with("disable") && disabled.len() >= MAX_DISABLED {
+        return;
+    }
+    let code = operator_request(http, url, &slot, kind, ops).await;
+    match (kind, code) {
+        // An unanswered disable may have gone through; a `409` says it is disabled already.
+        ("disable" | "disable_now", Some(202 | 409) | None) => {
+            disabled.insert(slot);
+        }
+        ("enable", Some(202)) => {
+            disabled.remove(&slot);
+        }
+        _ => {}
+    }
+}
+
+/// Enables every slot that a disable may have reached (and any slot shown disabled or
+/// draining), so that all come back free.
+async fn enable_all(
+    http: &reqwest::Client,
+    url: &str,
+    disabled: &mut std::collections::BTreeSet<String>,
+    ops: &mut Vec<OpRequest>,
+) {
+    if let Some(states) = slot_states(http, url).await {
+        for (name, state, draining, _) in states {
+            if state == "disabled" || draining {
+                disabled.insert(name);
+            }
+        }
+    }
+    for slot in std::mem::take(disabled) {
+        if operator_request(http, url, &slot, "enable", ops).await != Some(202) {
+            // Not applied yet (its worker down, the broker away): tried again while quiescing.
+            disabled.insert(slot);
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_under_faults() {
@@ -594,6 +825,8 @@ slots = [{slots}]
     let mut stalls = 0u32;
     let mut max_recovery = Duration::ZERO;
     let mut kinds = FAULTS.to_vec();
+    let mut disabled = std::collections::BTreeSet::new();
+    let mut ops: Vec<OpRequest> = Vec::new();
     while Instant::now() + Duration::from_secs(4) < stop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         if kinds.is_empty() {
@@ -710,22 +943,35 @@ slots = [{slots}]
                     ..Faults::default()
                 });
             }
+            Fault::Operator => {
+                // A few actions in a row, as an operator at work (one fault in the round).
+                for _ in 0..rng.random_range(2..=4) {
+                    operator_fault(&http, &url, &mut rng, &mut disabled, &mut ops).await;
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(200..800))).await;
+                }
+            }
         }
         let recovered = wait_ready(&http, &url, Duration::from_secs(30)).await;
         max_recovery = max_recovery.max(recovered);
     }
+    // The schedule is over: every disabled slot is enabled (a pending drain cancelled).
+    enable_all(&http, &url, &mut disabled, &mut ops).await;
     for c in clients {
         c.await.unwrap();
     }
     fake.set_faults(Faults::default());
 
-    // Quiesce: every slot must come back by itself within the longest lease plus cleaning.
+    // Quiesce: every slot must come back by itself within the longest lease plus cleaning
+    // (a disabled one once enabled: an enable the worker had not applied yet is sent again).
     let quiesce = Instant::now();
-    let all_free = wait_until(Duration::from_secs(60), || {
-        let (http, url) = (http.clone(), url.clone());
-        async move { free_slots(&http, &url).await == Some(SLOTS) }
-    })
-    .await;
+    let mut all_free = false;
+    while !all_free && quiesce.elapsed() < Duration::from_secs(60) {
+        all_free = free_slots(&http, &url).await == Some(SLOTS);
+        if !all_free {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            enable_all(&http, &url, &mut disabled, &mut ops).await;
+        }
+    }
 
     let mut tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
     if !all_free {
@@ -741,6 +987,7 @@ slots = [{slots}]
     }
     check_history(&fake, &mut tally);
     check_cleaned(&fake, &mut tally).await;
+    let revoked = check_revocations(&fake, &ops, &mut tally);
     check_overlaps(&mut tally);
     check_deletions(&fake, &mut tally);
 
@@ -750,30 +997,44 @@ slots = [{slots}]
         .collect::<Vec<_>>()
         .join(",");
     let total: u32 = injected.values().sum();
+    let mut by_action: BTreeMap<String, u32> = BTreeMap::new();
+    for op in &ops {
+        let code = op.code.map_or("none".to_owned(), |c| c.to_string());
+        *by_action.entry(format!("{}:{code}", op.kind)).or_default() += 1;
+    }
+    let actions = by_action
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
     for v in tally.violations.iter().take(20) {
         eprintln!("violation: {v}");
     }
     println!(
-        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} takeovers={} deletions={} max_recovery_ms={} violations={}",
+        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} actions={} ({}) revoked={} takeovers={} deletions={} max_recovery_ms={} violations={}",
         tally.acquires,
         tally.releases,
         count_expiries(&fake),
         total,
         faults,
         stalls,
+        ops.len(),
+        actions,
+        revoked,
         count_takeovers(&fake),
         fake.deletions().len(),
         max_recovery.as_millis(),
         tally.violations.len()
     );
     eprintln!(
-        "chaos: no_slot={} unavailable={} interrupted={} ambiguous_releases={} gave_up={} renews={} wrong_token_refused={} never_released={} logs in {}",
+        "chaos: no_slot={} unavailable={} interrupted={} ambiguous_releases={} gave_up={} renews={} renews_refused={} wrong_token_refused={} never_released={} logs in {}",
         tally.no_slot,
         tally.unavailable,
         tally.interrupted,
         tally.ambiguous_releases,
         tally.gave_up,
         tally.renews,
+        tally.renews_refused,
         tally.wrong_token_refused,
         tally.never_released,
         dir.display()
@@ -791,6 +1052,72 @@ slots = [{slots}]
     );
     drop(stack);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Revoked leases (DESIGN §7, invariant 1): a lease an operator revoked stops being valid at
+/// the write that revoked it. For each hold, the write that took the slot from `used` with its
+/// lease to `dirty` ends it; a hold that outlived that write (the client went on using the
+/// slot, learning of it only from its next renew or release, `409`), or that got a refusal,
+/// was revoked only if an operator sent a reclaim or a disable with `now` to that slot before
+/// the write, one request for each such hold. Its hold then ends at the write — so the
+/// cleaning after it is no deletion under a holder, while a deletion before it, or a second
+/// holder before it, still is — and its refusals after the write are no violations. Any other
+/// refusal is one. Returns how many holds were revoked.
+fn check_revocations(fake: &FakeLaunchpad, ops: &[OpRequest], tally: &mut Tally) -> usize {
+    let mut prev: HashMap<String, Option<berth::record::SlotRecord>> = HashMap::new();
+    let mut ended: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+    for write in fake.history() {
+        let record = parse_description(&write.description).record;
+        if let (Some(Some(before)), Some(after)) = (prev.get(&write.ppa), record.as_ref())
+            && before.state == SlotState::Used
+            && after.state == SlotState::Dirty
+            && let Some(hash) = &before.lease_sha256
+        {
+            ended
+                .entry((write.ppa.clone(), hash.clone()))
+                .or_insert(write.at);
+        }
+        prev.insert(write.ppa.clone(), record);
+    }
+    let mut requests: HashMap<&str, Vec<DateTime<Utc>>> = HashMap::new();
+    for op in ops.iter().filter(|op| op.may_revoke()) {
+        requests.entry(&op.slot).or_default().push(op.sent);
+    }
+    let mut outlived: Vec<(usize, DateTime<Utc>)> = tally
+        .held
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let end = *ended.get(&(h.slot.clone(), h.token_sha256.clone()))?;
+            (instant_of(end) < h.until || !h.refusals.is_empty()).then_some((i, end))
+        })
+        .collect();
+    outlived.sort_by_key(|(_, end)| *end);
+    let mut revoked = 0;
+    for (i, end) in outlived {
+        let h = &mut tally.held[i];
+        let Some(sent) = requests.get_mut(h.slot.as_str()) else {
+            continue;
+        };
+        let Some(first) = sent.iter().position(|s| *s <= end) else {
+            continue;
+        };
+        sent.remove(first);
+        let at = instant_of(end);
+        h.revoked = Some(at);
+        h.until = h.until.min(at);
+        revoked += 1;
+    }
+    let mut found = Vec::new();
+    for h in &tally.held {
+        for r in &h.refusals {
+            if h.revoked.is_none_or(|at| at > r.answered) {
+                found.push(format!("inv1/2: {}", r.what));
+            }
+        }
+    }
+    tally.violations.extend(found);
+    revoked
 }
 
 /// Invariant 1 from the clients' side: no two holders' intervals on one slot overlap.
