@@ -99,6 +99,57 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
     Ok(())
 }
 
+/// The arguments the history stream is declared with, the same everywhere (a declare with
+/// other arguments is refused by the broker).
+pub fn history_arguments(names: &Names) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(names.history_max_age().to_owned().into()),
+    );
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(names.history_max_bytes()).unwrap_or(i64::MAX)),
+    );
+    arguments
+}
+
+/// Declares the history stream `<ns>.history` and binds it to the events exchange with `#`
+/// (DESIGN §3, §6), on `channel`, which the caller opens for this alone and this closes: a
+/// broker that refuses the declare (arguments that differ from the existing stream's, a
+/// broker older than 3.9) closes the channel, and that must not cost the caller the
+/// channel it works on. Callers log a failure and go on: the history is a convenience,
+/// the events and the store are not held up by it.
+pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapin::Error> {
+    let declared = async {
+        channel
+            .queue_declare(
+                names.history_queue().into(),
+                durable(),
+                history_arguments(names),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                names.history_queue().into(),
+                names.events_exchange().into(),
+                "#".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+    .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    declared
+}
+
 /// Declares the assign queue of `pool`; the answer tells its depth and consumers.
 pub async fn declare_pool_queue(
     channel: &Channel,
