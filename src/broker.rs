@@ -255,3 +255,26 @@ pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer
         .await?;
     Ok((name, consumer))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_stream_is_declared_with_its_retention() {
+        let names = Names::new("ns").with_history("7D", 5_000);
+        let arguments = history_arguments(&names);
+        let inner = arguments.inner();
+        let get = |key: &str| inner.get(&ShortString::from(key)).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("stream".into()))
+        );
+        assert_eq!(get("x-max-age"), Some(AMQPValue::LongString("7D".into())));
+        assert_eq!(
+            get("x-max-length-bytes"),
+            Some(AMQPValue::LongLongInt(5_000))
+        );
+        assert_eq!(names.history_queue(), "ns.history");
+    }
+}

@@ -49,12 +49,13 @@ pub(crate) async fn acquire(
     cancel: &CancellationToken,
 ) -> Result<Option<Lock>, Error> {
     let mut standing_by: Option<Raised> = None;
+    // Once per try for the lock, not per standby retry: the declare is the same each time.
+    declare_history(connector, names, cancel).await;
     loop {
         let Some(channel) = connector.channel(cancel).await else {
             return Ok(None);
         };
         let channel = channel?;
-        declare_history(connector, names, cancel).await;
         bounded(berth::broker::declare_common(&channel, names)).await?;
         bounded(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
         bounded(channel.basic_qos(1, BasicQosOptions::default())).await?;
