@@ -80,8 +80,8 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-/// Declares the events exchange and the dead-letter queue.
-pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+/// Declares the events exchange (durable, topic).
+async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             names.events_exchange().into(),
@@ -92,7 +92,12 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
             },
             FieldTable::default(),
         )
-        .await?;
+        .await
+}
+
+/// Declares the events exchange and the dead-letter queue.
+pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    declare_events(channel, names).await?;
     channel
         .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
         .await?;
@@ -126,6 +131,9 @@ pub fn history_arguments(names: &Names) -> FieldTable {
 /// the events and the store are not held up by it.
 pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapin::Error> {
     let declared = async {
+        // The exchange first: the binding needs it, and this may be the process's first
+        // declare on the broker.
+        declare_events(&channel, names).await?;
         channel
             .queue_declare(
                 names.history_queue().into(),

@@ -4,9 +4,10 @@
 //! matching events.
 //!
 //! **The end.** A stream consumer never ends by itself: it waits for new messages. The
-//! reader stops once no message has come for [`IDLE`]: the broker sends what the stream
-//! holds as fast as the prefetch lets it (whole chunks at a time), so a pause that long
-//! means it has nothing more. The queue's message count cannot tell the end instead: a
+//! reader stops once no message has come for [`IDLE`] ([`FIRST_WAIT`] before the first one,
+//! which also covers attaching the consumer): the broker sends what the stream holds as fast
+//! as the prefetch lets it (whole chunks at a time), so a pause that long means it has
+//! nothing more. The queue's message count cannot tell the end instead: a
 //! stream's offsets do not start at 0 once retention has cut its head. Every wait is bounded:
 //! the whole read by [`READ_DEADLINE`], each broker call by [`BROKER_WAIT`].
 
@@ -23,6 +24,10 @@ use crate::protocol::{Event, Names, decode};
 
 /// How long without a message means the reader has reached the stream's end.
 pub(crate) const IDLE: Duration = Duration::from_millis(500);
+/// [`IDLE`] before the first message: the broker first attaches the consumer (finds the
+/// chunk of the timestamp), which a loaded broker may take longer for. An answer with no
+/// event at all takes this long.
+pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(1);
 /// The longest a whole read may take; past it the request answers `503`.
 pub(crate) const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// The longest one broker call (declare, qos, consume, cancel) may take.
@@ -151,13 +156,15 @@ async fn read_on(
     ))
     .await??;
     let mut kept = VecDeque::with_capacity(query.limit.min(1024));
+    let mut wait = FIRST_WAIT;
     loop {
-        let delivery = match tokio::time::timeout(IDLE, consumer.next()).await {
+        let delivery = match tokio::time::timeout(wait, consumer.next()).await {
             // The stream's end: nothing more came for a while.
             Err(_) => break,
             Ok(None) => return Err(HistoryError::Ended),
             Ok(Some(delivery)) => delivery?,
         };
+        wait = IDLE;
         let ack = BasicAckOptions { multiple: true };
         // Acks only give the consumer credit for more; the stream keeps every message.
         bounded(delivery.ack(ack)).await??;

@@ -8,6 +8,7 @@
 //! acks, and its queue goes with its connection, so a follower that dies leaves nothing
 //! behind on the broker.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use futures::StreamExt;
@@ -121,10 +122,16 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             _ = cancel.cancelled() => break ExitCode::SUCCESS,
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => match decode::<Event>(&delivery.data) {
-                    Ok(event) => match args.format {
-                        EventFormat::Json => println!("{}", serde_json::to_string(&event)?),
-                        EventFormat::Text => println!("{}", line(&event)),
-                    },
+                    Ok(event) => {
+                        let text = match args.format {
+                            EventFormat::Json => serde_json::to_string(&event)?,
+                            EventFormat::Text => line(&event),
+                        };
+                        // Whoever read the output is gone (`berth events | head -1`): done.
+                        if writeln!(std::io::stdout(), "{text}").is_err() {
+                            break ExitCode::SUCCESS;
+                        }
+                    }
                     Err(err) => eprintln!("berth: skipped a message that is no event: {err}"),
                 },
                 Some(Err(err)) => {
