@@ -80,8 +80,8 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
-/// Declares the events exchange and the dead-letter queue.
-pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+/// Declares the events exchange (durable, topic).
+async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
     channel
         .exchange_declare(
             names.events_exchange().into(),
@@ -92,11 +92,70 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
             },
             FieldTable::default(),
         )
-        .await?;
+        .await
+}
+
+/// Declares the events exchange and the dead-letter queue.
+pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
+    declare_events(channel, names).await?;
     channel
         .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
         .await?;
     Ok(())
+}
+
+/// The arguments the history stream is declared with, the same everywhere (a declare with
+/// other arguments is refused by the broker).
+pub fn history_arguments(names: &Names) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    arguments.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(names.history_max_age().to_owned().into()),
+    );
+    arguments.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(names.history_max_bytes()).unwrap_or(i64::MAX)),
+    );
+    arguments
+}
+
+/// Declares the history stream `<ns>.history` and binds it to the events exchange with `#`
+/// (DESIGN §3, §6), on `channel`, which the caller opens for this alone and this closes: a
+/// broker that refuses the declare (arguments that differ from the existing stream's, a
+/// broker older than 3.9) closes the channel, and that must not cost the caller the
+/// channel it works on. Callers log a failure and go on: the history is a convenience,
+/// the events and the store are not held up by it.
+pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapin::Error> {
+    let declared = async {
+        // The exchange first: the binding needs it, and this may be the process's first
+        // declare on the broker.
+        declare_events(&channel, names).await?;
+        channel
+            .queue_declare(
+                names.history_queue().into(),
+                durable(),
+                history_arguments(names),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                names.history_queue().into(),
+                names.events_exchange().into(),
+                "#".into(),
+                lapin::options::QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+    }
+    .await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    declared
 }
 
 /// Declares the assign queue of `pool`; the answer tells its depth and consumers.
@@ -203,4 +262,27 @@ pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer
         )
         .await?;
     Ok((name, consumer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_stream_is_declared_with_its_retention() {
+        let names = Names::new("ns").with_history("7D", 5_000);
+        let arguments = history_arguments(&names);
+        let inner = arguments.inner();
+        let get = |key: &str| inner.get(&ShortString::from(key)).cloned();
+        assert_eq!(
+            get("x-queue-type"),
+            Some(AMQPValue::LongString("stream".into()))
+        );
+        assert_eq!(get("x-max-age"), Some(AMQPValue::LongString("7D".into())));
+        assert_eq!(
+            get("x-max-length-bytes"),
+            Some(AMQPValue::LongLongInt(5_000))
+        );
+        assert_eq!(names.history_queue(), "ns.history");
+    }
 }

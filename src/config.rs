@@ -38,6 +38,13 @@ pub struct Config {
     pub default_wait_secs: u64,
     /// The longest an acquire may wait.
     pub max_wait_secs: u64,
+    /// How long the history stream keeps events (`x-max-age`: a number and one of `Y`, `M`,
+    /// `D`, `h`, `m`, `s`; default `30D`). Every process declares the stream with it, so set
+    /// it alike everywhere; an existing stream keeps the value it was declared with (change
+    /// it with a RabbitMQ policy).
+    pub history_max_age: String,
+    /// The history stream's size cap in bytes (`x-max-length-bytes`), whichever comes first.
+    pub history_max_bytes: u64,
     pub store: StoreConfig,
     pub worker: WorkerConfig,
     /// The pools and their slots.
@@ -102,6 +109,8 @@ impl Default for Config {
             max_lease_secs: 7 * 24 * 3600,
             default_wait_secs: 60,
             max_wait_secs: 3600,
+            history_max_age: crate::protocol::DEFAULT_HISTORY_MAX_AGE.into(),
+            history_max_bytes: crate::protocol::DEFAULT_HISTORY_MAX_BYTES,
             store: StoreConfig::default(),
             worker: WorkerConfig::default(),
             pools: Vec::new(),
@@ -240,6 +249,15 @@ impl Config {
                 "must be between min_lease_secs and max_lease_secs",
             );
         }
+        if !valid_max_age(&self.history_max_age) {
+            return invalid(
+                "history_max_age".into(),
+                "must be a number and one unit of Y, M, D, h, m, s (RabbitMQ's x-max-age), e.g. 30D",
+            );
+        }
+        if self.history_max_bytes == 0 {
+            return invalid("history_max_bytes".into(), "must be at least 1");
+        }
         if self.default_wait_secs > self.max_wait_secs {
             return invalid("default_wait_secs".into(), "must not exceed max_wait_secs");
         }
@@ -335,6 +353,7 @@ impl Config {
     /// The names object for this deployment's namespace.
     pub fn names(&self) -> crate::protocol::Names {
         crate::protocol::Names::new(self.namespace.clone())
+            .with_history(self.history_max_age.clone(), self.history_max_bytes)
     }
 
     /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.
@@ -352,6 +371,18 @@ impl Config {
 const NAME_RULE: &str = "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
 
 /// Whether `name` is safe inside AMQP names, routing keys and URL paths.
+/// Whether `value` is an `x-max-age` RabbitMQ accepts: digits, then one unit letter.
+fn valid_max_age(value: &str) -> bool {
+    let Some(unit) = value.chars().last() else {
+        return false;
+    };
+    let digits = &value[..value.len() - unit.len_utf8()];
+    "YMDhms".contains(unit)
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0)
+}
+
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 100
@@ -443,6 +474,23 @@ mod tests {
         assert!(msg.contains("default_lease_secs"), "{msg}");
         c.min_lease_secs = 1;
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn history_max_age_takes_rabbitmqs_syntax() {
+        for good in ["30D", "1Y", "12h", "90s", "2M"] {
+            assert!(valid_max_age(good), "{good}");
+        }
+        for bad in ["", "D", "30", "30d ", "-1D", "0D", "30 D", "1.5D", "30Dx"] {
+            assert!(!valid_max_age(bad), "{bad:?}");
+        }
+        let config = Config {
+            history_max_age: "thirty days".into(),
+            ..Config::dev(1)
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("history_max_age"), "{err}");
+        assert_eq!(Config::dev(1).names().history_max_age(), "30D");
     }
 
     #[test]

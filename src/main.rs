@@ -34,6 +34,10 @@ enum Command {
     Status(berth::cli::StatusArgs),
     /// Operator actions on one slot (disable, enable, reclaim, clean) and `slot show`.
     Slot(berth::cli::SlotArgs),
+    /// Show the slots' past events (from the history stream): who held what, and when.
+    History(berth::cli::HistoryArgs),
+    /// Follow the live events until Ctrl-C, a line each.
+    Events(berth::cli::EventsArgs),
     /// Acquire a slot, run a command with it, release it. Exits with the command's code;
     /// 75 when no slot came free within the wait, 76 when the lease was lost while the
     /// command ran, 70 when berth itself failed.
@@ -58,6 +62,8 @@ async fn main() -> ExitCode {
         Command::Release(args) => berth::cli::release(args).await,
         Command::Status(args) => berth::cli::status(args).await,
         Command::Slot(args) => berth::cli::slot(args).await,
+        Command::History(args) => berth::cli::history(args).await,
+        Command::Events(args) => berth::cli::events(args).await,
         Command::Run(args) => berth::cli::run(args).await,
         Command::FakeLaunchpad(args) => berth::fake::run_cli(args).await,
         Command::Completions(args) => {

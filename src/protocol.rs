@@ -14,17 +14,51 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Header that carries why a message was dead-lettered.
 pub const REASON_HEADER: &str = "x-berth-reason";
 
-/// The names of one deployment's AMQP objects, all under one namespace.
+/// The default retention of the history stream (`history_max_age`): RabbitMQ's
+/// `x-max-age` syntax, a number and one of `Y`, `M`, `D`, `h`, `m`, `s`.
+pub const DEFAULT_HISTORY_MAX_AGE: &str = "30D";
+/// The default size cap of the history stream (`history_max_bytes`, `x-max-length-bytes`).
+pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 1_000_000_000;
+
+/// The names of one deployment's AMQP objects, all under one namespace, and the arguments
+/// of the one object whose declaration needs settings: the history stream. Every process
+/// declares it with these (DESIGN §3), so they travel with the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
+    history_max_age: String,
+    history_max_bytes: u64,
 }
 
 impl Names {
     pub fn new(namespace: impl Into<String>) -> Self {
         Names {
             namespace: namespace.into(),
+            history_max_age: DEFAULT_HISTORY_MAX_AGE.to_owned(),
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
         }
+    }
+
+    /// These names with the history stream's retention (`x-max-age`, `x-max-length-bytes`).
+    pub fn with_history(mut self, max_age: impl Into<String>, max_bytes: u64) -> Self {
+        self.history_max_age = max_age.into();
+        self.history_max_bytes = max_bytes;
+        self
+    }
+
+    /// The history stream's `x-max-age`.
+    pub fn history_max_age(&self) -> &str {
+        &self.history_max_age
+    }
+
+    /// The history stream's `x-max-length-bytes`.
+    pub fn history_max_bytes(&self) -> u64 {
+        self.history_max_bytes
+    }
+
+    /// `<ns>.history`: a stream queue bound to the events exchange with `#`, every event.
+    pub fn history_queue(&self) -> String {
+        format!("{}.history", self.namespace)
     }
 
     pub fn namespace(&self) -> &str {

@@ -344,6 +344,7 @@ async fn cleanup(connection: &Connection, stack: &Stack) {
         .collect();
     queues.extend(stack.all_slots().map(|s| names.slot_queue(s)));
     queues.push(names.dead_queue());
+    queues.push(names.history_queue());
     queues.push(format!("{}.floor", names.namespace()));
     const CHANNELS: usize = 8;
     let deletes = (0..CHANNELS).map(|k| {

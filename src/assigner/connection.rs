@@ -146,6 +146,11 @@ impl Connected {
         Ok(())
     }
 
+    /// A new channel of this connection, for a task that closes it when done (a history read).
+    pub(crate) async fn open_channel(&self) -> Result<Channel, lapin::Error> {
+        self.connection.create_channel().await
+    }
+
     /// Messages ready in `queue` and its consumer count, by passive declare.
     pub(crate) async fn queue_counts(&self, queue: &str) -> Result<(u32, u32), LinkError> {
         let mut inspector = self.inspector.lock().await;
@@ -243,6 +248,11 @@ async fn open(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     broker::declare_common(&publisher, &config.names).await?;
+    let history = connection.create_channel().await?;
+    if let Err(err) = broker::declare_history(history, &config.names).await {
+        tracing::warn!(error = %err, stream = %config.names.history_queue(),
+            "cannot declare the history stream; GET /v1/history answers 503 until it exists");
+    }
     for pool in &config.pools {
         broker::declare_pool_queue(&publisher, &config.names, pool).await?;
     }
@@ -276,8 +286,15 @@ async fn serve_replies(
             _ = cancel.cancelled() => return,
             event = events.next() => {
                 if let Some(lapin::Event::Error(err)) = event {
-                    tracing::warn!(error = %err, "broker connection error");
-                    return;
+                    // lapin says here also when the broker closes one channel (a passive
+                    // declare of a queue that is missing, a history read of a deleted
+                    // stream): only a connection that is no longer up is lost.
+                    if connected.connection.status().connected() {
+                        tracing::debug!(error = %err, "the broker closed a channel");
+                    } else {
+                        tracing::warn!(error = %err, "broker connection error");
+                        return;
+                    }
                 }
             }
             delivery = replies.next() => match delivery {

@@ -46,6 +46,9 @@ pub(crate) enum ApiError {
     ShuttingDown,
     #[error("the slot store could not be read; retry in a few seconds")]
     Store(#[source] StoreError),
+    /// The history stream cannot be read: missing, unreachable, too slow.
+    #[error("{}", .0.message())]
+    History(#[source] super::history::HistoryError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -64,7 +67,8 @@ impl ApiError {
             | ApiError::BrokerDown
             | ApiError::WorkerDown(_)
             | ApiError::ShuttingDown
-            | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::Store(_)
+            | ApiError::History(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +89,8 @@ impl ApiError {
             ApiError::WorkerDown(_) => "worker_unavailable",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Store(_) => "store_unavailable",
+            ApiError::History(super::history::HistoryError::NoBroker) => "broker_unavailable",
+            ApiError::History(_) => "history_unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -93,7 +99,10 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::NoSlot { .. } => Some(5),
-            ApiError::BrokerDown | ApiError::WorkerDown(_) | ApiError::ShuttingDown => Some(2),
+            ApiError::BrokerDown
+            | ApiError::WorkerDown(_)
+            | ApiError::ShuttingDown
+            | ApiError::History(_) => Some(2),
             // Short, so that a holder told to retry a release still has its lease to do it in.
             ApiError::Store(_) => Some(1),
             _ => None,
@@ -105,6 +114,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Store(err) => tracing::error!(error = %err, "store call failed"),
+            ApiError::History(err) => tracing::warn!(error = %err, "history read failed"),
             ApiError::Internal(err) => {
                 tracing::error!(error = format!("{err:#}"), "internal error")
             }

@@ -13,10 +13,11 @@ use uuid::Uuid;
 
 use super::abandoned::release_loop;
 use super::connection::{Connected, LinkConfig, connection_loop};
+use super::history::{HistoryError, Query};
 use super::metrics::Metrics;
 use super::pending::Pending;
 use crate::protocol::{
-    AssignReply, AssignRequest, Control, Names, PROTOCOL_VERSION, RenewReply, encode,
+    AssignReply, AssignRequest, Control, Event, Names, PROTOCOL_VERSION, RenewReply, encode,
 };
 
 /// The shortest time an assign request stays in the queue, so that a wait of zero still
@@ -272,5 +273,13 @@ impl Link {
                 None
             }
         }
+    }
+
+    /// The events `query` asks for, oldest first, read from the history stream on a channel
+    /// of this connection opened for the read.
+    pub(crate) async fn history(&self, query: &Query) -> Result<Vec<Event>, HistoryError> {
+        let connected = self.connected().ok_or(HistoryError::NoBroker)?;
+        let channel = connected.open_channel().await?;
+        super::history::read(channel, &self.names, query).await
     }
 }

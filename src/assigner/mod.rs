@@ -10,6 +10,7 @@ mod abandoned;
 mod api;
 mod connection;
 mod error;
+mod history;
 mod link;
 mod metrics;
 mod openapi;

@@ -17,7 +17,7 @@ use crate::record::Drain;
 pub(crate) struct ErrorBody {
     /// `bad_request`, `bad_body`, `unknown_pool`, `unknown_slot`, `not_found`, `no_slot`,
     /// `wrong_token`, `not_held`, `wrong_state`, `broker_unavailable`, `worker_unavailable`,
-    /// `shutting_down`, `store_unavailable`, `internal`.
+    /// `shutting_down`, `store_unavailable`, `history_unavailable`, `internal`.
     pub(crate) error: String,
     pub(crate) message: String,
 }
@@ -33,6 +33,25 @@ pub(crate) struct Released {
 pub(crate) struct Pools {
     pub(crate) as_of: chrono::DateTime<chrono::Utc>,
     pub(crate) pools: Vec<PoolStatus>,
+}
+
+/// One event of the history (DESIGN §6), as the workers published it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct HistoryEvent {
+    pub(crate) v: u32,
+    /// `assigned`, `renewed`, `released`, `expired`, `cleaned`, `clean_failed`, `disabled`,
+    /// `enabled`, `reclaimed`, `clean_requested`.
+    pub(crate) event: String,
+    pub(crate) pool: String,
+    pub(crate) slot: String,
+    /// The holder; `null` for `cleaned`, `clean_failed`, `disabled`, `enabled`,
+    /// `clean_requested`.
+    pub(crate) owner: Option<String>,
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    /// Who asked, for an operator action (left out otherwise).
+    pub(crate) by: Option<String>,
+    /// Why, for an operator action (left out otherwise).
+    pub(crate) reason: Option<String>,
 }
 
 /// `GET /healthz`, `GET /readyz`.
@@ -57,6 +76,8 @@ pub(crate) struct Health {
         super::routes::reclaim,
         super::routes::clean,
         super::routes::slot_detail,
+        super::routes::slot_history,
+        super::routes::history,
         super::routes::slots,
         super::routes::pools,
         super::routes::healthz,
@@ -75,6 +96,7 @@ pub(crate) struct Health {
         Accepted,
         SlotDetail,
         Drain,
+        HistoryEvent,
         ErrorBody,
         Snapshot,
         SlotStatus,

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -19,12 +20,13 @@ use super::api::{
     RenewRequest, Renewed, check_token,
 };
 use super::error::ApiError;
+use super::history::{self, parse_since};
 use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
-use super::openapi::{ErrorBody, Health, Pools, Released};
+use super::openapi::{ErrorBody, Health, HistoryEvent, Pools, Released};
 use super::status::{SlotDetail, Snapshot, pool_counts};
 use crate::lease::token_matches;
-use crate::protocol::{Control, PROTOCOL_VERSION, RenewOutcome};
+use crate::protocol::{Control, Event, PROTOCOL_VERSION, RenewOutcome};
 use crate::record::SlotState;
 use crate::store::slot::{SlotView, read_slot};
 
@@ -42,6 +44,8 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>
         (Method::POST, "/v1/slots/{slot}/reclaim", post(reclaim)),
         (Method::POST, "/v1/slots/{slot}/clean", post(clean)),
         (Method::GET, "/v1/slots/{slot}", get(slot_detail)),
+        (Method::GET, "/v1/slots/{slot}/history", get(slot_history)),
+        (Method::GET, "/v1/history", get(history)),
         (Method::GET, "/v1/slots", get(slots)),
         (Method::GET, "/v1/pools", get(pools)),
         (Method::GET, "/healthz", get(healthz)),
@@ -467,6 +471,99 @@ pub(crate) async fn slot_detail(
         .await
         .map_err(ApiError::Store)?;
     Ok(Json(SlotDetail::new(&slot, &pool, view)))
+}
+
+/// `limit` when none is given.
+pub(crate) const DEFAULT_HISTORY_LIMIT: usize = 100;
+/// The most events one history answer holds; a larger `limit` is cut to it.
+pub(crate) const MAX_HISTORY_LIMIT: usize = 1000;
+/// How far back a history goes when no `since` is given.
+const DEFAULT_HISTORY_SINCE: &str = "1d";
+
+/// The query of the history routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryParams {
+    /// Only events of this pool (`GET /v1/history` only).
+    pool: Option<String>,
+    /// The earliest event: RFC 3339 (`2026-11-30T08:00:00Z`) or a duration back from now
+    /// (`90s`, `30m`, `2h`, `1d`); default `1d`.
+    since: Option<String>,
+    /// At most this many events, the newest (default 100, at most 1000; more is cut to 1000).
+    limit: Option<usize>,
+}
+
+impl HistoryParams {
+    fn query(self, slot: Option<String>, pool: Option<String>) -> Result<history::Query, ApiError> {
+        let since = self.since.as_deref().unwrap_or(DEFAULT_HISTORY_SINCE);
+        let since = parse_since(since, chrono::Utc::now()).map_err(ApiError::BadRequest)?;
+        let limit = self.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+        if limit == 0 {
+            return Err(ApiError::BadRequest("\"limit\" must be at least 1".into()));
+        }
+        Ok(history::Query {
+            slot,
+            pool,
+            since,
+            limit: limit.min(MAX_HISTORY_LIMIT),
+        })
+    }
+}
+
+fn bad_query(err: QueryRejection) -> ApiError {
+    ApiError::BadRequest(format!(
+        "bad query: {}; the history takes since=<RFC 3339 or 1d>, limit=<1..1000>, pool=<pool>",
+        err.body_text()
+    ))
+}
+
+/// A slot's events, oldest first, from the history stream.
+#[utoipa::path(get, path = "/v1/slots/{slot}/history",
+    params(("slot" = String, Path, description = "The slot"), HistoryParams),
+    responses(
+        (status = 200, description = "The slot's newest `limit` events since `since`, oldest first (`[]` when there are none)", body = [HistoryEvent]),
+        (status = 400, description = "`bad_request`: `since` or `limit` is not understood", body = ErrorBody),
+        (status = 404, description = "`unknown_slot`", body = ErrorBody),
+        (status = 503, description = "`history_unavailable` (the stream is missing, unreachable or too slow), `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+))]
+#[tracing::instrument(skip_all, fields(slot = %slot))]
+pub(crate) async fn slot_history(
+    State(app): Shared,
+    Path(slot): Path<String>,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    if app.config.pool_of(&slot).is_none() {
+        return Err(ApiError::UnknownSlot(slot));
+    }
+    let query = params.map_err(bad_query)?.0.query(Some(slot), None)?;
+    let events = app.link.history(&query).await.map_err(ApiError::History)?;
+    Ok(Json(events))
+}
+
+/// Every slot's events (or one pool's), oldest first, from the history stream.
+#[utoipa::path(get, path = "/v1/history",
+    params(HistoryParams),
+    responses(
+        (status = 200, description = "The newest `limit` events since `since`, oldest first", body = [HistoryEvent]),
+        (status = 400, description = "`bad_request`: `since` or `limit` is not understood", body = ErrorBody),
+        (status = 404, description = "`unknown_pool`", body = ErrorBody),
+        (status = 503, description = "`history_unavailable` (the stream is missing, unreachable or too slow), `broker_unavailable`; with `Retry-After`", body = ErrorBody),
+))]
+#[tracing::instrument(skip_all)]
+pub(crate) async fn history(
+    State(app): Shared,
+    params: Result<Query<HistoryParams>, QueryRejection>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let params = params.map_err(bad_query)?.0;
+    let pool = params.pool.clone();
+    if let Some(pool) = &pool
+        && app.config.pool(pool).is_none()
+    {
+        return Err(ApiError::UnknownPool(pool.clone()));
+    }
+    let query = params.query(None, pool)?;
+    let events = app.link.history(&query).await.map_err(ApiError::History)?;
+    Ok(Json(events))
 }
 
 /// Every slot's state, from one bulk read of the store at most 2 s old (`as_of`).

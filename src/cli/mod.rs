@@ -8,6 +8,7 @@
 
 pub mod duration;
 pub mod generate;
+mod history;
 pub mod output;
 mod run;
 mod slot;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Retrying};
 use output::Format;
 
+pub use history::{EventFormat, EventsArgs, HistoryArgs, events, history};
 pub use run::{EXIT_BERTH_FAILED, EXIT_LEASE_LOST, EXIT_NO_SLOT_IN_TIME, OnLeaseLost, run};
 pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
 

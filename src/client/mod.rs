@@ -34,6 +34,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::protocol::Event;
+
 pub use error::{ClientError, EXIT_NO_SLOT, EXIT_NOT_HOLDER};
 pub use retry::Retrying;
 use retry::{Notify, retrying};
@@ -282,6 +284,41 @@ impl Client {
     /// `GET /v1/slots/{slot}`: one slot, read from the store (DESIGN §4).
     pub async fn slot(&self, slot: &str) -> Result<serde_json::Value, ClientError> {
         self.get_json(&format!("v1/slots/{slot}")).await
+    }
+
+    /// `GET /v1/slots/{slot}/history` (with `slot`) or `GET /v1/history` (`pool` filters):
+    /// the newest `limit` events since `since` (RFC 3339 or a duration back, `1d`), oldest
+    /// first; the server's defaults for what is `None` (DESIGN §4).
+    pub async fn history(
+        &self,
+        slot: Option<&str>,
+        pool: Option<&str>,
+        since: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Event>, ClientError> {
+        let url = match slot {
+            Some(slot) => format!("{}/v1/slots/{slot}/history", self.base),
+            None => format!("{}/v1/history", self.base),
+        };
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(pool) = pool {
+            query.push(("pool", pool.to_owned()));
+        }
+        if let Some(since) = since {
+            query.push(("since", since.to_owned()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.call("history", |deadline| {
+            let request = self
+                .http
+                .get(&url)
+                .query(&query)
+                .timeout(call_timeout(deadline));
+            async { read_json(self.send(request, &url).await?).await }
+        })
+        .await
     }
 
     async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {

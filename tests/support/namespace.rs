@@ -54,7 +54,7 @@ pub async fn delete_queues(config: &Config) {
         return;
     };
     let names = config.names();
-    let mut queues = vec![names.dead_queue()];
+    let mut queues = vec![names.dead_queue(), names.history_queue()];
     for pool in &config.pools {
         queues.push(names.assign_queue(&pool.name));
         queues.extend(pool.slots.iter().map(|s| names.slot_queue(s)));

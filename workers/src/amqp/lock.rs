@@ -25,6 +25,18 @@ pub(crate) struct Lock {
     pub(crate) control: Consumer,
 }
 
+/// Declares the history stream on a channel of its own (DESIGN §3): a broker that refuses
+/// it (other arguments, a broker older than 3.9) is logged, and the slot worker goes on.
+async fn declare_history(connector: &Connector, names: &Names, cancel: &CancellationToken) {
+    let Some(Ok(channel)) = connector.channel(cancel).await else {
+        return;
+    };
+    if let Err(err) = bounded(berth::broker::declare_history(channel, names)).await {
+        tracing::warn!(error = %err, stream = %names.history_queue(),
+            "cannot declare the history stream; events are not kept in it");
+    }
+}
+
 /// Takes the lock of `slot`, standing by while another worker holds it (trying again every
 /// `standby_retry`, and counted in `standby` meanwhile). `Ok(None)` when `cancel` fires first;
 /// an error for broker trouble other than the lock being taken.
@@ -37,6 +49,8 @@ pub(crate) async fn acquire(
     cancel: &CancellationToken,
 ) -> Result<Option<Lock>, Error> {
     let mut standing_by: Option<Raised> = None;
+    // Once per try for the lock, not per standby retry: the declare is the same each time.
+    declare_history(connector, names, cancel).await;
     loop {
         let Some(channel) = connector.channel(cancel).await else {
             return Ok(None);

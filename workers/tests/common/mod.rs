@@ -347,7 +347,11 @@ impl Client {
     /// Deletes the namespace's queues and exchange (best effort).
     pub async fn cleanup(self) {
         let delete = QueueDeleteOptions::default();
-        let mut queues = vec![self.names.assign_queue(POOL), self.names.dead_queue()];
+        let mut queues = vec![
+            self.names.assign_queue(POOL),
+            self.names.dead_queue(),
+            self.names.history_queue(),
+        ];
         queues.extend(self.slots.iter().map(|s| self.names.slot_queue(s)));
         for queue in queues {
             let _ = self.channel.queue_delete(queue.into(), delete).await;
