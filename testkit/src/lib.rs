@@ -3,6 +3,10 @@
 //! shared broker, and waits for conditions with a deadline, never with a bare `sleep`.
 //! What only one tree needs stays in that tree (`tests/support/`, `workers/tests/common/`).
 
+mod metrics;
+
+pub use metrics::{Exposition, metric_value, parse_metrics};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

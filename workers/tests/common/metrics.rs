@@ -1,11 +1,9 @@
 //! A worker's `/metrics` as a test reads it: fetched over HTTP, parsed by a strict
 //! OpenMetrics parser (which fails the test on any malformed line), then values looked up by
-//! family name and labels. The same reading as the root tests' `tests/support/metrics.rs`.
+//! family name and labels, the reading `berth-testkit` shares with the root tests.
 #![allow(dead_code, unreachable_pub)]
 
-use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
-
-pub type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
+pub use berth_testkit::Exposition;
 
 /// A scraped exposition: the text, and the text parsed.
 pub struct Scrape {
@@ -17,26 +15,7 @@ impl Scrape {
     /// The sum of the samples of family `name` whose labels include `labels`: a gauge's or
     /// counter's value, a histogram's count.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let family = self.exposition.families.get(name).unwrap_or_else(|| {
-            let mut names: Vec<_> = self.exposition.families.keys().collect();
-            names.sort();
-            panic!("no metric {name}; there are {names:?}")
-        });
-        family
-            .iter_samples()
-            .filter(|sample| {
-                let set = sample.get_labelset().unwrap();
-                labels
-                    .iter()
-                    .all(|(k, v)| set.get_label_value(k) == Some(*v))
-            })
-            .map(|sample| match &sample.value {
-                OpenMetricsValue::Gauge(n) | OpenMetricsValue::Unknown(n) => n.as_f64(),
-                OpenMetricsValue::Counter(c) => c.value.as_f64(),
-                OpenMetricsValue::Histogram(h) => h.count.map(|c| c as f64).unwrap_or(0.0),
-                other => panic!("{name}: unexpected value {other:?}"),
-            })
-            .sum()
+        berth_testkit::metric_value(&self.exposition, name, labels)
     }
 }
 
@@ -57,7 +36,6 @@ pub async fn scrape(http: &reqwest::Client, url: &str) -> Result<Scrape, String>
         content_type.starts_with("application/openmetrics-text"),
         "{url}: content type {content_type:?}"
     );
-    let exposition = openmetrics_parser::openmetrics::parse_openmetrics(&text)
-        .unwrap_or_else(|e| panic!("/metrics is not valid OpenMetrics ({e:?}):\n{text}"));
+    let exposition = berth_testkit::parse_metrics(&text);
     Ok(Scrape { text, exposition })
 }
