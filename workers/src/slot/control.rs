@@ -157,6 +157,17 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// What follows a lease revoked by an operator (reclaim, or disable now of a held slot),
+    /// once the record says dirty: counted, announced (`reclaimed`), and the work in hand
+    /// stops so the worker cleans.
+    async fn revoked(&mut self, owner: Option<&str>, by: Option<&str>, reason: &str) {
+        self.slot.metrics.action(&self.slot.spec.pool, "reclaim");
+        self.events
+            .emit_action(EventKind::Reclaimed, owner, by, Some(reason))
+            .await;
+        self.interrupt = true;
+    }
+
     /// Applies an operator action (DESIGN §2 "Operator actions") if the record allows it, and
     /// sets `interrupt` when the work in hand must stop for the worker to decide again.
     async fn action(&mut self, action: Control) -> Result<(), Trouble> {
@@ -221,16 +232,7 @@ impl Session<'_> {
                             owner = owner.as_deref().unwrap_or(""),
                             "disable now: the lease is revoked; cleaning, then disabled"
                         );
-                        self.slot.metrics.action(&self.slot.spec.pool, "reclaim");
-                        self.events
-                            .emit_action(
-                                EventKind::Reclaimed,
-                                owner.as_deref(),
-                                by.as_deref(),
-                                Some(&reason),
-                            )
-                            .await;
-                        self.interrupt = true;
+                        self.revoked(owner.as_deref(), by.as_deref(), &reason).await;
                     }
                     state => {
                         tracing::info!(reason, %state, "disable: draining; disabled after the next cleaning");
@@ -239,6 +241,8 @@ impl Session<'_> {
             }
             Control::Enable { reason, by, .. } => {
                 // Whether the record written was a disabled one (the transition may re-read).
+                // Atomic, not a `Cell`: the closure is borrowed across the write's await, and
+                // the slot worker's future must be `Send`.
                 let was_disabled = AtomicBool::new(false);
                 let written = self
                     .transition(|current| match current.state {
@@ -285,16 +289,7 @@ impl Session<'_> {
                     owner = owner.as_deref().unwrap_or(""),
                     "reclaimed: the lease is revoked; cleaning"
                 );
-                self.slot.metrics.action(&self.slot.spec.pool, "reclaim");
-                self.events
-                    .emit_action(
-                        EventKind::Reclaimed,
-                        owner.as_deref(),
-                        by.as_deref(),
-                        Some(&reason),
-                    )
-                    .await;
-                self.interrupt = true;
+                self.revoked(owner.as_deref(), by.as_deref(), &reason).await;
             }
             Control::Clean { reason, by, .. } => {
                 let written = self
