@@ -203,23 +203,31 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
     }
 }
 
+/// Reads the slot's record, retrying store trouble with `retry`'s pauses until it works;
+/// `None` when shutdown was asked for first.
+async fn read_retrying(slot: &Slot, retry: &mut Retry) -> Option<SlotView> {
+    loop {
+        let read = read_slot(&*slot.store, &slot.spec.slot).await;
+        retry.note(Call::Read, &read);
+        match read {
+            Ok(view) => return Some(view),
+            Err(err) => {
+                let delay = retry.delay(&err, "cannot read the slot record; retrying");
+                if !pause(&slot.cancel, delay).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 impl<'a> Session<'a> {
     /// Reads the record under the lock and acts on it until shutdown (`Ok`) or broker
     /// trouble (`Err`).
     async fn start(slot: &'a Slot, lock: lock::Lock, retry: &'a mut Retry) -> Result<(), Trouble> {
         retry.reset();
-        let view = loop {
-            let read = read_slot(&*slot.store, &slot.spec.slot).await;
-            retry.note(Call::Read, &read);
-            match read {
-                Ok(view) => break view,
-                Err(err) => {
-                    let delay = retry.delay(&err, "cannot read the slot record; retrying");
-                    if !pause(&slot.cancel, delay).await {
-                        return Ok(());
-                    }
-                }
-            }
+        let Some(view) = read_retrying(slot, retry).await else {
+            return Ok(());
         };
         let events = Events::new(
             lock.channel.clone(),
@@ -281,21 +289,10 @@ impl<'a> Session<'a> {
                     }
                 }
             }
-            loop {
-                let read = read_slot(&*self.slot.store, &self.slot.spec.slot).await;
-                self.retry.note(Call::Read, &read);
-                match read {
-                    Ok(view) => break self.seen(view),
-                    Err(err) => {
-                        let delay = self
-                            .retry
-                            .delay(&err, "cannot read the slot record; retrying");
-                        if !pause(&self.slot.cancel, delay).await {
-                            return Ok(false);
-                        }
-                    }
-                }
-            }
+            let Some(view) = read_retrying(self.slot, self.retry).await else {
+                return Ok(false);
+            };
+            self.seen(view);
         }
     }
 
