@@ -45,6 +45,8 @@ pub struct Config {
     pub history_max_age: String,
     /// The history stream's size cap in bytes (`x-max-length-bytes`), whichever comes first.
     pub history_max_bytes: u64,
+    /// Who may ask the assigner, and how much (DESIGN §4 "Clients and roles").
+    pub auth: crate::access::AuthConfig,
     pub store: StoreConfig,
     pub worker: WorkerConfig,
     /// The pools and their slots.
@@ -111,6 +113,7 @@ impl Default for Config {
             max_wait_secs: 3600,
             history_max_age: crate::protocol::DEFAULT_HISTORY_MAX_AGE.into(),
             history_max_bytes: crate::protocol::DEFAULT_HISTORY_MAX_BYTES,
+            auth: crate::access::AuthConfig::default(),
             store: StoreConfig::default(),
             worker: WorkerConfig::default(),
             pools: Vec::new(),
@@ -295,6 +298,12 @@ impl Config {
                     );
                 }
             }
+        }
+        if let Err((key, message)) = self.auth.validate(
+            |pool| self.pool(pool).is_some(),
+            (self.min_lease_secs, self.max_lease_secs),
+        ) {
+            return invalid(key, &message);
         }
         if let Some(base) = self.worker.metrics_listen
             && usize::from(base.port()) + seen_slots.len().saturating_sub(1) > 65535

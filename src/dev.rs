@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::access::{AuthMode, ClientConfig, Role, api_token_hash};
 use crate::assigner;
 use crate::config::{Config, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE};
 use crate::fake::{FakeConfig, FakeLaunchpad};
@@ -40,6 +41,16 @@ pub struct DevArgs {
     /// Prefix of every queue and exchange name.
     #[arg(long, env = "BERTH_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
+    /// Check API tokens (`[auth] mode = "tokens"`): prints a fresh operator token and a
+    /// client token at start, and refuses requests without one.
+    #[arg(long, env = "BERTH_DEV_AUTH")]
+    pub auth: bool,
+}
+
+/// The tokens of `berth dev --auth`: (operator, client).
+struct DevTokens {
+    operator: String,
+    client: String,
 }
 
 /// Runs `berth dev` until SIGINT or SIGTERM.
@@ -65,7 +76,7 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
         .prefix(&format!("berth-dev-{}-", std::process::id()))
         .tempdir()
         .context("cannot create a directory for the dev configuration")?;
-    let (config, config_file) = write_config(&args, &fake.api_root(), scratch.path())?;
+    let (config, config_file, tokens) = write_config(&args, &fake.api_root(), scratch.path())?;
     let listen = config.listen;
     let worker_metrics = worker_metrics(&config);
     let result = assigner::serve_with(config, Some(config_file), cancel.clone(), |addr| {
@@ -74,6 +85,7 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
             fake.api_root(),
             args.slots,
             worker_metrics,
+            tokens,
             cancel.clone(),
         ));
     })
@@ -86,8 +98,12 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Writes the dev configuration and a dummy credentials file (the fake accepts any
-/// well-formed signature).
-fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<(Config, PathBuf)> {
+/// well-formed signature); with `--auth`, the configuration lets in two fresh tokens.
+fn write_config(
+    args: &DevArgs,
+    store_root: &str,
+    dir: &Path,
+) -> anyhow::Result<(Config, PathBuf, Option<DevTokens>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let credentials = dir.join("credentials");
     std::fs::write(
@@ -104,10 +120,31 @@ fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<
     // The fake deletes at once: poll often so a released slot is free again quickly.
     config.worker.clean_poll_millis = 100;
     config.worker.metrics_listen = Some(args.worker_metrics_listen);
+    let tokens = args.auth.then(|| {
+        let client = |name: &str, role| {
+            let token = crate::lease::new_token();
+            let entry = ClientConfig {
+                name: name.into(),
+                token_sha256: api_token_hash(&token),
+                role,
+                pools: None,
+                max_held: None,
+                max_waiting: None,
+                max_lease_secs: None,
+                max_priority: None,
+            };
+            (token, entry)
+        };
+        let (operator, operator_entry) = client("dev-operator", Role::Operator);
+        let (client, client_entry) = client("dev-client", Role::Client);
+        config.auth.mode = AuthMode::Tokens;
+        config.auth.clients = vec![operator_entry, client_entry];
+        DevTokens { operator, client }
+    });
     config.validate()?;
     let file = dir.join("berth.toml");
     std::fs::write(&file, toml::to_string(&config)?)?;
-    Ok((config, file))
+    Ok((config, file, tokens))
 }
 
 /// Where each worker process serves its metrics, by slot (the scheme of
@@ -131,6 +168,7 @@ async fn announce_when_ready(
     store_root: String,
     slots: usize,
     worker_metrics: Option<Vec<(String, SocketAddr)>>,
+    tokens: Option<DevTokens>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     let http = reqwest::Client::new();
@@ -149,11 +187,21 @@ async fn announce_when_ready(
     println!(
         "berth dev: fake Launchpad at {store_root} with pool \"ppa\" of {slots} slots (ppa-1 … ppa-{slots}); assigner at http://{addr}"
     );
+    let bearer = match &tokens {
+        Some(tokens) => {
+            println!("API tokens (checked; every /v1/ request needs one):");
+            println!("  operator (dev-operator): {}", tokens.operator);
+            println!("  client (dev-client):     {}", tokens.client);
+            println!("  for the berth commands: export BERTH_TOKEN={}", tokens.client);
+            format!(" -H 'authorization: Bearer {}'", tokens.client)
+        }
+        None => String::new(),
+    };
     println!("Acquire a slot:");
     println!(
-        "  curl -X POST {addr}/v1/pools/ppa/acquire -H 'content-type: application/json' -d '{{\"owner\":\"me\"}}'"
+        "  curl -X POST {addr}/v1/pools/ppa/acquire{bearer} -H 'content-type: application/json' -d '{{\"owner\":\"me\"}}'"
     );
-    println!("Status: curl {addr}/v1/pools   Metrics: curl {addr}/metrics");
+    println!("Status: curl{bearer} {addr}/v1/pools   Metrics: curl {addr}/metrics");
     match worker_metrics {
         Some(workers) => {
             println!("Worker metrics (one process per slot):");

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "server")]
 pub mod assigner;
+pub mod access;
 pub mod backoff;
 pub mod broker;
 #[cfg(feature = "server")]

@@ -42,6 +42,8 @@ enum Command {
     /// 75 when no slot came free within the wait, 76 when the lease was lost while the
     /// command ran, 70 when berth itself failed.
     Run(berth::cli::RunArgs),
+    /// API tokens: `berth token new --name N --role client` prints one and its config lines.
+    Token(berth::cli::TokenArgs),
     /// Serve a fake Launchpad web service (for tests and `berth dev`).
     FakeLaunchpad(berth::fake::FakeLaunchpadArgs),
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.
@@ -65,6 +67,7 @@ async fn main() -> ExitCode {
         Command::History(args) => berth::cli::history(args).await,
         Command::Events(args) => berth::cli::events(args).await,
         Command::Run(args) => berth::cli::run(args).await,
+        Command::Token(args) => berth::cli::token(args),
         Command::FakeLaunchpad(args) => berth::fake::run_cli(args).await,
         Command::Completions(args) => {
             berth::cli::generate::completions(

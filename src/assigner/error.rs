@@ -27,6 +27,16 @@ pub(crate) enum ApiError {
         "no slot of pool {pool:?} came free within {wait_secs} s; retry later or wait longer (\"wait_secs\")"
     )]
     NoSlot { pool: String, wait_secs: u64 },
+    #[error(
+        "send `Authorization: Bearer <token>` with a token this assigner knows (BERTH_TOKEN or --token-file for the berth commands)"
+    )]
+    Unauthorized,
+    /// The client's role or pools do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// `max_held` or `max_waiting` is reached; the message says which, its limit and count.
+    #[error("{message}")]
+    QuotaExceeded { message: String, retry_after: u64 },
     #[error("the lease token is not the one of the slot's current holder")]
     WrongToken,
     #[error("slot {0:?} is not held by anyone; acquire a slot first")]
@@ -61,7 +71,9 @@ impl ApiError {
             ApiError::UnknownPool(_) | ApiError::UnknownSlot(_) | ApiError::NoRoute => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::WrongToken => StatusCode::FORBIDDEN,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::WrongToken | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotHeld(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
             ApiError::NoSlot { .. }
             | ApiError::BrokerDown
@@ -82,6 +94,9 @@ impl ApiError {
             ApiError::UnknownSlot(_) => "unknown_slot",
             ApiError::NoRoute => "not_found",
             ApiError::NoSlot { .. } => "no_slot",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::WrongToken => "wrong_token",
             ApiError::NotHeld(_) => "not_held",
             ApiError::WrongState(_) => "wrong_state",
@@ -99,6 +114,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ApiError::NoSlot { .. } => Some(5),
+            ApiError::QuotaExceeded { retry_after, .. } => Some(*retry_after),
             ApiError::BrokerDown
             | ApiError::WorkerDown(_)
             | ApiError::ShuttingDown
@@ -122,6 +138,12 @@ impl IntoResponse for ApiError {
         }
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"berth\""),
+            );
+        }
         if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()

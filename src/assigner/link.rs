@@ -194,6 +194,12 @@ impl Link {
         outcome
     }
 
+    /// Gives back the slot of a reply that will not be handed out (over a quota), through
+    /// the release loop, which retries across reconnects.
+    pub(crate) fn give_back(&self, reply: AssignReply) {
+        self.pending.release(reply);
+    }
+
     /// Asks the worker of `slot` to extend the lease of `lease_token` to `lease_secs` from
     /// now; [`ExchangeError::NoAnswer`] when it does not answer within [`RENEW_WAIT`].
     pub(crate) async fn renew(

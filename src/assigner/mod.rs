@@ -8,6 +8,7 @@
 
 mod abandoned;
 mod api;
+mod auth;
 mod connection;
 mod error;
 mod history;
@@ -15,6 +16,7 @@ mod link;
 mod metrics;
 mod openapi;
 mod pending;
+mod quota;
 mod routes;
 mod status;
 pub mod supervise;
@@ -42,6 +44,10 @@ pub(crate) struct AppState {
     link: link::Link,
     status: status::StatusCache,
     metrics: Arc<metrics::Metrics>,
+    /// The clients by their tokens' hashes (`[auth]`).
+    keys: auth::Keys,
+    /// The clients' waiting requests and the grants given back for `max_held`.
+    quotas: quota::Quotas,
     /// Fires when the assigner begins to stop: waiting requests answer `503` at once.
     shutdown: CancellationToken,
 }
@@ -79,6 +85,8 @@ impl Application {
         );
         let state = Arc::new(AppState {
             status: status::StatusCache::new(Arc::clone(&store), Arc::clone(&config)),
+            keys: auth::Keys::new(&config.auth),
+            quotas: quota::Quotas::default(),
             config,
             store,
             link,
@@ -182,6 +190,11 @@ pub async fn serve_with(
     cancel: CancellationToken,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
+    config.validate()?;
+    config
+        .auth
+        .check_listen(config.listen)
+        .map_err(anyhow::Error::msg)?;
     let store = open_store(&config)?;
     let supervise = config.supervise;
     let worker_config = config.clone();

@@ -162,7 +162,7 @@ impl Pending {
             .count()
     }
 
-    fn release(&self, reply: AssignReply) {
+    pub(crate) fn release(&self, reply: AssignReply) {
         // The receiver lives as long as the assigner; once it is gone nobody can release
         // anything and the lease bounds the loss.
         let _ = self.releases.send(reply);

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::{Extension, Json};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::{Caller, authorize};
 use super::api::{
     Accepted, AcquireRequest, Acquired, Action, ActionRequest, BODY_LIMIT, Body, ReleaseRequest,
     RenewRequest, Renewed, check_token,
@@ -25,6 +26,7 @@ use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
 use super::openapi::{ErrorBody, Health, HistoryEvent, Pools, Released};
 use super::status::{SlotDetail, Snapshot, pool_counts};
+use crate::access::client_of_owner;
 use crate::lease::token_matches;
 use crate::protocol::{Control, Event, PROTOCOL_VERSION, RenewOutcome};
 use crate::record::SlotState;
@@ -57,7 +59,13 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>
 
 pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
     let mut router = axum::Router::new();
-    for (_, path, handler) in routes() {
+    for (method, path, handler) in routes() {
+        let access = super::auth::access(&method, path)
+            .unwrap_or_else(|| panic!("{method} {path} has no entry in auth::access"));
+        let handler = handler.route_layer(middleware::from_fn_with_state(
+            (Arc::clone(&state), access),
+            authorize,
+        ));
         router = router.route(path, handler);
     }
     router
@@ -93,6 +101,7 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
 #[tracing::instrument(skip_all, fields(pool = %pool, request_id))]
 pub(crate) async fn acquire(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     Path(pool): Path<String>,
     body: Result<Body<AcquireRequest>, ApiError>,
 ) -> Result<Json<Acquired>, ApiError> {
@@ -100,7 +109,7 @@ pub(crate) async fn acquire(
         return Err(ApiError::UnknownPool(pool));
     }
     let mut timer = app.metrics.acquire_started(&pool);
-    let answer = assign(&app, pool, body).await;
+    let answer = assign(&app, &caller, pool, body).await;
     timer.outcome(match &answer {
         Ok(_) => "assigned",
         Err(err) => err.code(),
@@ -111,16 +120,31 @@ pub(crate) async fn acquire(
 /// Acquire, once its pool is known to exist.
 async fn assign(
     app: &AppState,
+    caller: &Caller,
     pool: String,
     body: Result<Body<AcquireRequest>, ApiError>,
 ) -> Result<Json<Acquired>, ApiError> {
-    let request = body?.0.check(&app.config)?;
+    let body = body?.0;
+    let defaulted = body.lease_secs.is_none();
+    let mut request = body.check(&app.config)?;
+    request.lease_secs = caller.lease_secs(request.lease_secs, defaulted)?;
+    // The priority field (issue #12, "Priority") plugs in here, capped with
+    // `crate::access::effective_priority(requested, caller.client.as_deref())`.
+    let _waiting = match caller.client.as_deref() {
+        Some(client) => {
+            let waiting = app.quotas.enter(client)?;
+            app.quotas.check_held(&app.status, client).await?;
+            Some(waiting)
+        }
+        None => None,
+    };
+    let owner = app.config.auth.recorded_owner(caller.name(), &request.owner);
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let wait = Duration::from_secs(request.wait_secs);
     let reply = app
         .link
-        .assign(request_id, &pool, &request.owner, request.lease_secs, wait)
+        .assign(request_id, &pool, &owner, request.lease_secs, wait)
         .await
         .map_err(|err| match err {
             ExchangeError::BrokerDown => ApiError::BrokerDown,
@@ -130,7 +154,14 @@ async fn assign(
             },
             ExchangeError::Stopping => ApiError::ShuttingDown,
         })?;
-    tracing::info!(slot = %reply.slot, owner = %request.owner, "slot assigned");
+    if let Some(client) = caller.client.as_deref()
+        && let Err(over) = app.quotas.after_grant(&app.status, client, &reply.slot).await
+    {
+        tracing::info!(slot = %reply.slot, client = %client.name, "grant over max_held; giving the slot back");
+        app.link.give_back(reply);
+        return Err(over);
+    }
+    tracing::info!(slot = %reply.slot, owner = %owner, "slot assigned");
     Ok(Json(Acquired {
         slot: reply.slot,
         pool,
@@ -159,13 +190,24 @@ async fn assign(
 #[tracing::instrument(skip_all, fields(slot = %slot))]
 pub(crate) async fn renew(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     Path(slot): Path<String>,
     body: Result<Body<RenewRequest>, ApiError>,
 ) -> Result<Json<Renewed>, ApiError> {
     if app.config.pool_of(&slot).is_none() {
         return Err(ApiError::UnknownSlot(slot));
     }
-    let (lease_token, lease_secs) = body?.0.check(&app.config)?;
+    let body = body?.0;
+    let defaulted = body.lease_secs.is_none();
+    let (lease_token, lease_secs) = body.check(&app.config)?;
+    let lease_secs = caller.lease_secs(lease_secs, defaulted)?;
+    match check_holder(&app, &caller, &slot).await {
+        // The worker checks the token whatever the store's view says.
+        Err(ApiError::Store(err)) => {
+            tracing::warn!(error = %err, "could not read the holder of the slot; the worker checks the token");
+        }
+        other => other?,
+    }
     let reply = match app.link.renew(&slot, lease_token, lease_secs).await {
         Ok(reply) => reply,
         Err(ExchangeError::BrokerDown) => return Err(ApiError::BrokerDown),
@@ -201,6 +243,7 @@ pub(crate) async fn renew(
 #[tracing::instrument(skip_all, fields(slot = %slot))]
 pub(crate) async fn release(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     Path(slot): Path<String>,
     body: Result<Body<ReleaseRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
@@ -209,6 +252,7 @@ pub(crate) async fn release(
     }
     let token = body?.0.lease_token;
     check_token(&token)?;
+    check_holder(&app, &caller, &slot).await?;
     let view = read_slot(app.store.as_ref(), &slot)
         .await
         .map_err(ApiError::Store)?;
@@ -223,8 +267,52 @@ pub(crate) async fn release(
         .release(&slot, &token)
         .await
         .map_err(|_| ApiError::BrokerDown)?;
+    if caller.client.is_some() {
+        // The holder's quota counts it no more once its worker has written the release.
+        app.status.invalidate();
+    }
     tracing::info!("release handed to the slot's worker");
     Ok((StatusCode::ACCEPTED, Json(json!({"slot": slot}))).into_response())
+}
+
+/// How old a view of the store may be for a second look at a slot's holder, when the first
+/// (up to 2 s old) did not show the caller holding it: a slot it just got through another
+/// assigner shows up, and a stranger's requests cause at most one store read per this long.
+const HOLDER_RECHECK_AGE: Duration = Duration::from_millis(250);
+
+/// Before a renew or release reaches the worker or the store: `403` unless the store's view
+/// shows `slot` held by the caller's client (the client its recorded owner names), `409`
+/// when nobody holds it. No check in mode `none`.
+async fn check_holder(app: &AppState, caller: &Caller, slot: &str) -> Result<(), ApiError> {
+    let Some(client) = caller.name() else {
+        return Ok(());
+    };
+    // `Some(true)`: held by the caller; `Some(false)`: by another client; `None`: by nobody.
+    let holder = |snapshot: &Snapshot| {
+        let status = snapshot.slots.iter().find(|s| s.slot == slot)?;
+        (status.state == SlotState::Used.as_str()).then(|| {
+            status
+                .owner
+                .as_deref()
+                .is_some_and(|owner| client_of_owner(owner) == client)
+        })
+    };
+    let snapshot = app.status.snapshot().await.map_err(ApiError::Store)?;
+    if holder(&snapshot) == Some(true) {
+        return Ok(());
+    }
+    let snapshot = app
+        .status
+        .snapshot_within(HOLDER_RECHECK_AGE)
+        .await
+        .map_err(ApiError::Store)?;
+    match holder(&snapshot) {
+        Some(true) => Ok(()),
+        Some(false) => Err(ApiError::Forbidden(format!(
+            "slot {slot:?} is held by another client; a client renews and releases only its own slots"
+        ))),
+        None => Err(ApiError::NotHeld(slot.to_owned())),
+    }
 }
 
 /// An operator action: checks the body, then the store record (`allowed` answers why the
@@ -552,14 +640,16 @@ pub(crate) async fn slot_history(
 #[tracing::instrument(skip_all)]
 pub(crate) async fn history(
     State(app): Shared,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let params = params.map_err(bad_query)?.0;
     let pool = params.pool.clone();
-    if let Some(pool) = &pool
-        && app.config.pool(pool).is_none()
-    {
-        return Err(ApiError::UnknownPool(pool.clone()));
+    if let Some(pool) = &pool {
+        if app.config.pool(pool).is_none() {
+            return Err(ApiError::UnknownPool(pool.clone()));
+        }
+        caller.check_pool(pool)?;
     }
     let query = params.query(None, pool)?;
     let events = app.link.history(&query).await.map_err(ApiError::History)?;

@@ -114,8 +114,12 @@ pub(crate) struct Snapshot {
 pub(crate) struct StatusCache {
     store: Arc<dyn SlotStore>,
     config: Arc<Config>,
-    /// Held across the store read, so concurrent requests share one read.
+    /// Held across the store read, so concurrent requests share one read. The instant is
+    /// when the read began.
     cached: Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// A read begun before this instant is stale: this assigner changed a slot since
+    /// (a grant, a release), and its quotas must see it.
+    stale_before: std::sync::Mutex<Option<Instant>>,
 }
 
 impl StatusCache {
@@ -124,17 +128,34 @@ impl StatusCache {
             store,
             config,
             cached: Mutex::new(None),
+            stale_before: std::sync::Mutex::new(None),
         }
     }
 
     /// The slots, read at most [`FRESH_FOR`] ago.
     pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
+        self.snapshot_within(FRESH_FOR).await
+    }
+
+    /// Makes the next snapshot a new read: this assigner has just changed a slot.
+    pub(crate) fn invalidate(&self) {
+        *self.stale_before.lock().expect("not poisoned") = Some(Instant::now());
+    }
+
+    /// The slots, read at most `max_age` ago (and not before the last [`Self::invalidate`]).
+    pub(crate) async fn snapshot_within(
+        &self,
+        max_age: Duration,
+    ) -> Result<Arc<Snapshot>, StoreError> {
         let mut cached = self.cached.lock().await;
+        let stale_before = *self.stale_before.lock().expect("not poisoned");
         if let Some((at, snapshot)) = cached.as_ref()
-            && at.elapsed() < FRESH_FOR
+            && at.elapsed() < max_age
+            && stale_before.is_none_or(|stale| *at > stale)
         {
             return Ok(Arc::clone(snapshot));
         }
+        let started = Instant::now();
         let archives = self.store.archives().await?;
         let now = Utc::now();
         let mut slots = Vec::new();
@@ -177,7 +198,7 @@ impl StatusCache {
             }
         }
         let snapshot = Arc::new(Snapshot { as_of: now, slots });
-        *cached = Some((Instant::now(), Arc::clone(&snapshot)));
+        *cached = Some((started, Arc::clone(&snapshot)));
         Ok(snapshot)
     }
 }
@@ -223,4 +244,14 @@ pub(crate) fn pool_counts(snapshot: &Snapshot, pool: &str) -> PoolStatus {
         }
     }
     status
+}
+
+/// The slots `client` holds in `snapshot`: used, with a recorded owner naming it.
+pub(crate) fn held_by<'a>(snapshot: &'a Snapshot, client: &'a str) -> impl Iterator<Item = &'a SlotStatus> {
+    snapshot.slots.iter().filter(move |s| {
+        s.state == SlotState::Used.as_str()
+            && s.owner
+                .as_deref()
+                .is_some_and(|owner| crate::access::client_of_owner(owner) == client)
+    })
 }

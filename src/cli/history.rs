@@ -65,7 +65,7 @@ pub struct EventsArgs {
 pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let answer = args
         .client
-        .client()
+        .client()?
         .history(
             args.slot.as_deref(),
             args.pool.as_deref(),

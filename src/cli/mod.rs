@@ -12,6 +12,7 @@ mod history;
 pub mod output;
 mod run;
 mod slot;
+pub mod token;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use output::Format;
 
 pub use history::{EventFormat, EventsArgs, HistoryArgs, events, history};
 pub use run::{EXIT_BERTH_FAILED, EXIT_LEASE_LOST, EXIT_NO_SLOT_IN_TIME, OnLeaseLost, run};
+pub use token::{TokenArgs, token};
 pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
 
 /// Where the assigner is, and how long to keep trying.
@@ -34,18 +36,45 @@ pub struct ClientArgs {
     /// unreachable or busy: temporary failures are retried within it (default 30 s).
     #[arg(long, env = "BERTH_WAIT", value_parser = duration::parse_secs)]
     pub wait: Option<u64>,
+    /// A file holding the API token (for an assigner with `[auth] mode = "tokens"`); the
+    /// token may also come in the environment variable BERTH_TOKEN, which this file overrides.
+    #[arg(long, env = "BERTH_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
-    /// The client, retrying within `--wait` and saying so on stderr once per call.
-    pub fn client(&self) -> Client {
+    /// The client, retrying within `--wait` and saying so on stderr once per call, with the
+    /// API token of `--token-file` or `BERTH_TOKEN` when there is one.
+    pub fn client(&self) -> anyhow::Result<Client> {
         let budget = self
             .wait
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_RETRY_BUDGET);
-        Client::new(&self.url)
+        let client = Client::new(&self.url)
             .retry_for(budget)
-            .on_retry(say_retrying)
+            .on_retry(say_retrying);
+        Ok(match self.token()? {
+            Some(token) => client.with_token(&token),
+            None => client,
+        })
+    }
+
+    /// The API token: the first line of `--token-file`, else `BERTH_TOKEN`.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|err| {
+                anyhow::anyhow!("cannot read the token file {}: {err}", path.display())
+            })?;
+            let token = text.lines().next().unwrap_or("").trim().to_owned();
+            if token.is_empty() {
+                anyhow::bail!("the token file {} is empty", path.display());
+            }
+            return Ok(Some(token));
+        }
+        Ok(std::env::var("BERTH_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty()))
     }
 }
 
@@ -187,7 +216,7 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
     let owner = request.owner.clone().unwrap_or_else(default_owner);
     match request
         .client
-        .client()
+        .client()?
         .acquire(&request.pool, &owner, request.lease, request.client.wait)
         .await
     {
@@ -204,7 +233,7 @@ pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
     let lease_secs = args.lease.or(args.lease_secs);
     match args
         .client
-        .client()
+        .client()?
         .renew(&args.held.slot, &args.held.token, lease_secs)
         .await
     {
@@ -223,7 +252,7 @@ pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
 pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
     match args
         .client
-        .client()
+        .client()?
         .release(&args.held.slot, &args.held.token)
         .await
     {
@@ -237,7 +266,7 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    match args.client.client().status().await {
+    match args.client.client()?.status().await {
         Ok(status) => {
             print!("{}", output::status(&status, args.output.format));
             Ok(ExitCode::SUCCESS)

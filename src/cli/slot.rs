@@ -63,7 +63,7 @@ pub struct ShowArgs {
 /// `berth slot …`.
 pub async fn slot(args: SlotArgs) -> anyhow::Result<ExitCode> {
     let (name, action) = match args.command {
-        SlotCommand::Show(show) => return Ok(shown(show).await),
+        SlotCommand::Show(show) => return shown(show).await,
         SlotCommand::Disable(a) => ("disable", a),
         SlotCommand::Enable(a) => ("enable", a),
         SlotCommand::Reclaim(a) => ("reclaim", a),
@@ -76,7 +76,7 @@ pub async fn slot(args: SlotArgs) -> anyhow::Result<ExitCode> {
     let by = action.by.clone().unwrap_or_else(default_owner);
     match action
         .client
-        .client()
+        .client()?
         .slot_action(
             &action.slot,
             name,
@@ -97,12 +97,12 @@ pub async fn slot(args: SlotArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn shown(args: ShowArgs) -> ExitCode {
-    match args.client.client().slot(&args.slot).await {
+async fn shown(args: ShowArgs) -> anyhow::Result<ExitCode> {
+    Ok(match args.client.client()?.slot(&args.slot).await {
         Ok(slot) => {
             print!("{}", output::slot(&slot, args.output.format));
             ExitCode::SUCCESS
         }
         Err(err) => fail(&err),
-    }
+    })
 }

@@ -97,6 +97,8 @@ pub struct Client {
     base: String,
     budget: Duration,
     notify: Notify,
+    /// The API token sent as `Authorization: Bearer` (DESIGN §4 "Clients and roles").
+    token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -104,6 +106,7 @@ impl std::fmt::Debug for Client {
         f.debug_struct("Client")
             .field("base", &self.base)
             .field("budget", &self.budget)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
 }
@@ -121,7 +124,15 @@ impl Client {
             base: base.trim_end_matches('/').to_owned(),
             budget: DEFAULT_RETRY_BUDGET,
             notify: Arc::new(|_: &Retrying| {}),
+            token: None,
         }
+    }
+
+    /// Sends `token` with every call (`Authorization: Bearer`), for an assigner with
+    /// `[auth] mode = "tokens"`.
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(Arc::from(token));
+        self
     }
 
     /// How long renew, release and status keep retrying temporary failures.
@@ -349,6 +360,10 @@ impl Client {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             url: url.to_owned(),
             reason: error_chain(&e),
