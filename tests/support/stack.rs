@@ -178,6 +178,8 @@ impl Stack {
             .env_remove("BERTH_LEASE_SECS")
             .env_remove("BERTH_WAIT")
             .env_remove("BERTH_FORMAT")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_TOKEN_FILE")
             .stdin(Stdio::null());
         command
     }
