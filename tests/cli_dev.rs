@@ -43,6 +43,11 @@ fn free_ports(n: u16) -> u16 {
 
 impl Dev {
     fn start(slots: usize) -> Dev {
+        Dev::start_with(slots, &[])
+    }
+
+    /// `berth dev` with `extra` flags.
+    fn start_with(slots: usize, extra: &[&str]) -> Dev {
         worker_bin();
         let mut config = Config::dev(slots);
         config.namespace = format!("t-{}", uuid::Uuid::new_v4().simple());
@@ -59,6 +64,7 @@ impl Dev {
                 "--slots",
             ])
             .arg(slots.to_string())
+            .args(extra)
             .env("BERTH_NAMESPACE", &config.namespace)
             .env("BERTH_AMQP_URL", amqp_url())
             .env(
@@ -118,11 +124,33 @@ impl Dev {
         found
     }
 
+    /// The tokens `berth dev --auth` printed: (operator, client).
+    fn tokens(&self) -> (String, String) {
+        let (mut operator, mut client) = (None, None);
+        let mut seen = Vec::new();
+        while operator.is_none() || client.is_none() {
+            let line = self
+                .stdout
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("no tokens printed; printed: {seen:?}"));
+            let token = || line.rsplit(' ').next().unwrap().to_owned();
+            if line.trim_start().starts_with("operator (dev-operator):") {
+                operator = Some(token());
+            } else if line.trim_start().starts_with("client (dev-client):") {
+                client = Some(token());
+            }
+            seen.push(line);
+        }
+        (operator.unwrap(), client.unwrap())
+    }
+
     /// Runs the `berth` client with `args` against this stack.
     fn berth(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(berth_bin())
             .args(args)
             .env("BERTH_URL", &self.base)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_TOKEN_FILE")
             .envs(env.iter().copied())
             .env_remove("BERTH_SLOT")
             .env_remove("BERTH_LEASE_TOKEN")
@@ -476,5 +504,43 @@ async fn curl_script_drives_the_api_like_a_ci_job() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("ok\n"));
+    dev.stop().await;
+}
+
+#[tokio::test]
+async fn dev_with_auth_prints_an_operator_and_a_client_token_and_enforces_them() {
+    let dev = Dev::start_with(1, &["--auth"]);
+    let (operator, client) = dev.tokens();
+    assert_eq!((operator.len(), client.len()), (64, 64));
+    assert_ne!(operator, client);
+    let http = reqwest::Client::new();
+    let acquire_url = format!("{}/v1/pools/ppa/acquire", dev.base);
+    let without = http
+        .post(&acquire_url)
+        .json(&json!({"owner": "me"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), StatusCode::UNAUTHORIZED);
+
+    // The client token acquires (the berth commands send BERTH_TOKEN); it may not act on a
+    // slot, the operator token may.
+    let out = dev.berth(
+        &["acquire", "--pool", "ppa", "--owner", "me", "--format", "json"],
+        &[("BERTH_TOKEN", &client)],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lease: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let slot = lease["slot"].as_str().unwrap();
+    let reclaim = ["slot", "reclaim", slot, "--reason", "test"];
+    let out = dev.berth(&reclaim, &[("BERTH_TOKEN", &client)]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dev.berth(&reclaim, &[("BERTH_TOKEN", &operator)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dev.stop().await;
 }
