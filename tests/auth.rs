@@ -430,10 +430,11 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
         let refused = release_as(&stack, "stranger-token-0123456789", &slot, token).await;
         assert_eq!(
             (refused.status, refused.json["error"].as_str()),
-            (StatusCode::FORBIDDEN, Some("forbidden")),
+            (StatusCode::CONFLICT, Some("not_held")),
             "{}",
             refused.text
         );
+        assert!(refused.text.contains("not held by this client"), "{}", refused.text);
         let renew = call(
             &reqwest::Client::new(),
             Method::POST,
@@ -442,7 +443,8 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
             Some(json!({"lease_token": token})),
         )
         .await;
-        assert_eq!(renew.status, StatusCode::FORBIDDEN, "{}", renew.text);
+        assert_eq!(renew.status, StatusCode::CONFLICT, "{}", renew.text);
+        assert!(renew.text.contains("not held by this client"), "{}", renew.text);
     }
     // The holder still holds it, renews and releases it.
     let view = call(

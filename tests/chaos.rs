@@ -24,6 +24,10 @@
 //! makes it fail: the hold is not ended, the next holder overlaps it, the cleaning deletes
 //! under it, the holder's release is refused.
 //!
+//! The assigner runs with API tokens (`[auth] mode = "tokens"`, DESIGN §4 "Clients and roles"):
+//! the clients use two client names in turn, the operator actions an operator token, and the
+//! store records `<client>/<owner>` (`public_owner = "plain"`), which invariant 2 checks.
+//!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
 mod support;
@@ -50,6 +54,33 @@ const STANDBYS: usize = 3;
 const HEARTBEAT_SECS: u64 = 2;
 const CLIENTS: usize = 12;
 const POOL: &str = "ppa";
+/// The assigner checks API tokens (`[auth] mode = "tokens"`): the clients take turns with
+/// two client names (so that renews and releases meet the check of which client holds a
+/// slot), the operator actions and reads go with an operator token.
+const CLIENT_NAMES: [&str; 2] = ["ci-a", "ci-b"];
+const CLIENT_TOKENS: [&str; 2] = ["chaos-ci-a-token-0123456789", "chaos-ci-b-token-0123456789"];
+const OPERATOR_TOKEN: &str = "chaos-operator-token-0123456789";
+
+/// An HTTP client that sends `token` with every request.
+fn http_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// The owner the store records for a client's `owner` (`public_owner = "plain"`):
+/// `<client>/<owner>`, the client by the id in `client-<id>-<round>`.
+fn recorded_owner(owner: &str) -> String {
+    let id: usize = owner.split('-').nth(1).and_then(|id| id.parse().ok()).unwrap_or(0);
+    format!("{}/{owner}", CLIENT_NAMES[id % CLIENT_NAMES.len()])
+}
 
 fn chaos_secs() -> u64 {
     std::env::var("BERTH_CHAOS_SECS")
@@ -252,7 +283,7 @@ async fn client_loop(
     stop: Instant,
     seed: u64,
 ) {
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_with(CLIENT_TOKENS[id % CLIENT_TOKENS.len()]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut round = 0u64;
     while Instant::now() < stop {
@@ -752,6 +783,22 @@ default_lease_secs = 5
 default_wait_secs = 5
 max_wait_secs = 10
 
+[auth]
+mode = "tokens"
+public_owner = "plain"
+[[auth.clients]]
+name = "{ci_a}"
+token_sha256 = "{ci_a_sha}"
+role = "client"
+[[auth.clients]]
+name = "{ci_b}"
+token_sha256 = "{ci_b_sha}"
+role = "client"
+[[auth.clients]]
+name = "ops"
+token_sha256 = "{ops_sha}"
+role = "operator"
+
 [store]
 api_root = "{api_root}"
 owner = "berth-ci"
@@ -772,6 +819,11 @@ slots = [{slots}]
             api_root = fake.api_root(),
             credentials = credentials.display(),
             slots = slots.join(", "),
+            ci_a = CLIENT_NAMES[0],
+            ci_b = CLIENT_NAMES[1],
+            ci_a_sha = berth::access::api_token_hash(CLIENT_TOKENS[0]),
+            ci_b_sha = berth::access::api_token_hash(CLIENT_TOKENS[1]),
+            ops_sha = berth::access::api_token_hash(OPERATOR_TOKEN),
         ),
     )
     .unwrap();
@@ -797,7 +849,7 @@ slots = [{slots}]
         stack.start_standby(i);
     }
     stack.start_assigner();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = http_with(OPERATOR_TOKEN);
     wait_for("every slot free at start", Duration::from_secs(60), || {
         let (http, url) = (http.clone(), url.clone());
         async move { free_slots(&http, &url).await == Some(SLOTS) }
@@ -1236,7 +1288,7 @@ fn check_history(fake: &FakeLaunchpad, tally: &mut Tally) {
     }
     for h in &tally.held {
         match claims.get(&(h.slot.clone(), h.token_sha256.clone())) {
-            Some(owner) if *owner == h.owner => {}
+            Some(owner) if *owner == recorded_owner(&h.owner) => {}
             other => tally.violations.push(format!(
                 "inv2: {} got {} but the store never recorded that lease for it (found {other:?})",
                 h.owner, h.slot

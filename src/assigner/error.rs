@@ -41,6 +41,11 @@ pub(crate) enum ApiError {
     WrongToken,
     #[error("slot {0:?} is not held by anyone; acquire a slot first")]
     NotHeld(String),
+    /// Held, but by another client than the caller: as far as the caller goes, not held.
+    #[error(
+        "slot {0:?} is not held by this client (a client renews and releases only the slots it holds)"
+    )]
+    NotYours(String),
     /// The slot's state does not allow the action asked for.
     #[error("{0}")]
     WrongState(String),
@@ -74,7 +79,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::WrongToken | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::NotHeld(_) | ApiError::WrongState(_) => StatusCode::CONFLICT,
+            ApiError::NotHeld(_) | ApiError::NotYours(_) | ApiError::WrongState(_) => {
+                StatusCode::CONFLICT
+            }
             ApiError::NoSlot { .. }
             | ApiError::BrokerDown
             | ApiError::WorkerDown(_)
@@ -98,7 +105,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::WrongToken => "wrong_token",
-            ApiError::NotHeld(_) => "not_held",
+            ApiError::NotHeld(_) | ApiError::NotYours(_) => "not_held",
             ApiError::WrongState(_) => "wrong_state",
             ApiError::BrokerDown => "broker_unavailable",
             ApiError::WorkerDown(_) => "worker_unavailable",

@@ -92,6 +92,9 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
     request_body = AcquireRequest,
     responses(
         (status = 200, description = "A slot and its lease", body = Acquired),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
+        (status = 429, description = "`quota_exceeded`: the client's `max_held` or `max_waiting` is reached (the message says which, the limit and the count); with `Retry-After`", body = ErrorBody),
         (status = 400, description = "Bad input (the message names the field), or a body that is not JSON of this shape (`bad_body`)", body = ErrorBody),
         (status = 404, description = "`unknown_pool`", body = ErrorBody),
         (status = 413, description = "`bad_body`: the body is too large", body = ErrorBody),
@@ -180,10 +183,11 @@ async fn assign(
     request_body = RenewRequest,
     responses(
         (status = 200, description = "Renewed", body = Renewed),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
         (status = 400, description = "Bad input or body", body = ErrorBody),
-        (status = 403, description = "`wrong_token`", body = ErrorBody),
+        (status = 403, description = "`wrong_token`; `forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
-        (status = 409, description = "`not_held`: the lease is over", body = ErrorBody),
+        (status = 409, description = "`not_held`: the lease is over, or the slot is held by another client", body = ErrorBody),
         (status = 503, description = "`worker_unavailable`, `broker_unavailable`, `shutting_down`; with `Retry-After`", body = ErrorBody),
     )
 )]
@@ -233,10 +237,11 @@ pub(crate) async fn renew(
     request_body = ReleaseRequest,
     responses(
         (status = 202, description = "Handed to the slot's worker; the slot is cleaned, then free again", body = Released),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
         (status = 400, description = "Bad input or body", body = ErrorBody),
-        (status = 403, description = "`wrong_token`", body = ErrorBody),
+        (status = 403, description = "`wrong_token`; `forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
-        (status = 409, description = "`not_held`", body = ErrorBody),
+        (status = 409, description = "`not_held`: nobody holds the slot, or another client does", body = ErrorBody),
         (status = 503, description = "`store_unavailable` (`Retry-After: 1`), `broker_unavailable`", body = ErrorBody),
     )
 )]
@@ -280,9 +285,9 @@ pub(crate) async fn release(
 /// assigner shows up, and a stranger's requests cause at most one store read per this long.
 const HOLDER_RECHECK_AGE: Duration = Duration::from_millis(250);
 
-/// Before a renew or release reaches the worker or the store: `403` unless the store's view
-/// shows `slot` held by the caller's client (the client its recorded owner names), `409`
-/// when nobody holds it. No check in mode `none`.
+/// Before a renew or release reaches the worker or the store: `409 not_held` unless the
+/// store's view shows `slot` held by the caller's client (the client its recorded owner
+/// names): to a client, a slot another client holds is not held. No check in mode `none`.
 async fn check_holder(app: &AppState, caller: &Caller, slot: &str) -> Result<(), ApiError> {
     let Some(client) = caller.name() else {
         return Ok(());
@@ -308,9 +313,7 @@ async fn check_holder(app: &AppState, caller: &Caller, slot: &str) -> Result<(),
         .map_err(ApiError::Store)?;
     match holder(&snapshot) {
         Some(true) => Ok(()),
-        Some(false) => Err(ApiError::Forbidden(format!(
-            "slot {slot:?} is held by another client; a client renews and releases only its own slots"
-        ))),
+        Some(false) => Err(ApiError::NotYours(slot.to_owned())),
         None => Err(ApiError::NotHeld(slot.to_owned())),
     }
 }
@@ -375,6 +378,8 @@ async fn act(
     request_body = ActionRequest,
     responses(
         (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "Bad input (`reason` missing or over 500 characters) or body", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 409, description = "`wrong_state`: already disabled, or already draining (without `now`)", body = ErrorBody),
@@ -424,6 +429,8 @@ pub(crate) async fn disable(
     request_body = ActionRequest,
     responses(
         (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "Bad input or body", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 409, description = "`wrong_state`: neither disabled nor draining", body = ErrorBody),
@@ -467,6 +474,8 @@ pub(crate) async fn enable(
     request_body = ActionRequest,
     responses(
         (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "Bad input (`reason` missing or over 500 characters) or body", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 409, description = "`not_held`: nobody holds the slot", body = ErrorBody),
@@ -505,6 +514,8 @@ pub(crate) async fn reclaim(
     request_body = ActionRequest,
     responses(
         (status = 202, description = "Handed to the slot's worker (applied when it runs)", body = Accepted),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "Bad input or body", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 409, description = "`wrong_state`: the slot is not dirty", body = ErrorBody),
@@ -544,6 +555,8 @@ pub(crate) async fn clean(
     params(("slot" = String, Path, description = "The slot")),
     responses(
         (status = 200, description = "The slot", body = SlotDetail),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 503, description = "`store_unavailable`", body = ErrorBody),
 ))]
@@ -610,6 +623,8 @@ fn bad_query(err: QueryRejection) -> ApiError {
     params(("slot" = String, Path, description = "The slot"), HistoryParams),
     responses(
         (status = 200, description = "The slot's newest `limit` events since `since`, oldest first (`[]` when there are none)", body = [HistoryEvent]),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "`bad_request`: `since` or `limit` is not understood", body = ErrorBody),
         (status = 404, description = "`unknown_slot`", body = ErrorBody),
         (status = 503, description = "`history_unavailable` (the stream is missing, unreachable or too slow), `broker_unavailable`; with `Retry-After`", body = ErrorBody),
@@ -633,6 +648,8 @@ pub(crate) async fn slot_history(
     params(HistoryParams),
     responses(
         (status = 200, description = "The newest `limit` events since `since`, oldest first", body = [HistoryEvent]),
+        (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
         (status = 400, description = "`bad_request`: `since` or `limit` is not understood", body = ErrorBody),
         (status = 404, description = "`unknown_pool`", body = ErrorBody),
         (status = 503, description = "`history_unavailable` (the stream is missing, unreachable or too slow), `broker_unavailable`; with `Retry-After`", body = ErrorBody),
@@ -659,6 +676,8 @@ pub(crate) async fn history(
 /// Every slot's state, from one bulk read of the store at most 2 s old (`as_of`).
 #[utoipa::path(get, path = "/v1/slots", responses(
     (status = 200, description = "The slots", body = Snapshot),
+    (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+    (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
     (status = 503, description = "`store_unavailable`", body = ErrorBody),
 ))]
 pub(crate) async fn slots(State(app): Shared) -> Response {
@@ -671,6 +690,8 @@ pub(crate) async fn slots(State(app): Shared) -> Response {
 /// Every pool's counts by state, and its waiting requests and consumers from the broker.
 #[utoipa::path(get, path = "/v1/pools", responses(
     (status = 200, description = "The pools", body = Pools),
+    (status = 401, description = "`unauthorized`: no token, or not one this assigner knows (`[auth] mode = \"tokens\"`)", body = ErrorBody),
+    (status = 403, description = "`forbidden`: the client's role or pools do not allow it", body = ErrorBody),
     (status = 503, description = "`store_unavailable`", body = ErrorBody),
 ))]
 pub(crate) async fn pools(State(app): Shared) -> Response {

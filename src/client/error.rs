@@ -49,15 +49,15 @@ impl ClientError {
     }
 
     /// Whether the lease is not (or no longer) this holder's: `403 wrong_token` or
-    /// `409 not_held`.
+    /// `409 not_held` (not `403 forbidden`: the client's role or pools forbid the call).
     pub fn is_lease_lost(&self) -> bool {
-        matches!(
-            self,
+        match self {
+            ClientError::Api { status: 409, .. } => true,
             ClientError::Api {
-                status: 403 | 409,
-                ..
-            }
-        )
+                status: 403, code, ..
+            } => code != "forbidden",
+            _ => false,
+        }
     }
 
     /// Exit code of the client commands: [`EXIT_NO_SLOT`], [`EXIT_NOT_HOLDER`], or 1.
