@@ -140,6 +140,12 @@ pub fn api_token_hash(token: &str) -> String {
 }
 
 impl AuthConfig {
+    /// Whether anyone may read the slots without a token (mode `none`, or `public_read`): what
+    /// a page that shows slot rows outside `/v1/` should ask before it renders them.
+    pub fn reads_are_public(&self) -> bool {
+        self.mode == AuthMode::None || self.public_read
+    }
+
     /// What `public_owner` is, its default filled in.
     pub fn public_owner(&self) -> PublicOwner {
         self.public_owner.unwrap_or(match self.mode {
@@ -293,14 +299,20 @@ mod tests {
         let owner = "https://ci.example/job/42";
         assert_eq!(auth.recorded_owner(Some("ci"), owner), "ci");
         auth.public_owner = Some(PublicOwner::Plain);
-        assert_eq!(auth.recorded_owner(Some("ci"), owner), format!("ci/{owner}"));
+        assert_eq!(
+            auth.recorded_owner(Some("ci"), owner),
+            format!("ci/{owner}")
+        );
         auth.public_owner = Some(PublicOwner::Hash);
         let hashed = auth.recorded_owner(Some("ci"), owner);
         assert!(hashed.starts_with("ci/") && hashed.len() == 15, "{hashed}");
         assert!(!hashed.contains("example"));
         for p in [PublicOwner::Plain, PublicOwner::Hash, PublicOwner::Client] {
             auth.public_owner = Some(p);
-            assert_eq!(client_of_owner(&auth.recorded_owner(Some("ci"), owner)), "ci");
+            assert_eq!(
+                client_of_owner(&auth.recorded_owner(Some("ci"), owner)),
+                "ci"
+            );
         }
         let none = AuthConfig::default();
         assert_eq!(none.recorded_owner(None, "me"), "me");
@@ -351,12 +363,16 @@ mod tests {
     #[test]
     fn mode_none_is_refused_on_an_open_address_unless_allowed() {
         let mut auth = AuthConfig::default();
-        auth.check_listen("127.0.0.1:8080".parse().unwrap()).unwrap();
+        auth.check_listen("127.0.0.1:8080".parse().unwrap())
+            .unwrap();
         auth.check_listen("[::1]:8080".parse().unwrap()).unwrap();
         let err = auth
             .check_listen("0.0.0.0:8080".parse().unwrap())
             .unwrap_err();
-        assert!(err.contains("allow_open") && err.contains("0.0.0.0:8080"), "{err}");
+        assert!(
+            err.contains("allow_open") && err.contains("0.0.0.0:8080"),
+            "{err}"
+        );
         auth.allow_open = true;
         auth.check_listen("0.0.0.0:8080".parse().unwrap()).unwrap();
         auth.allow_open = false;

@@ -192,7 +192,10 @@ async fn announce_when_ready(
             println!("API tokens (checked; every /v1/ request needs one):");
             println!("  operator (dev-operator): {}", tokens.operator);
             println!("  client (dev-client):     {}", tokens.client);
-            println!("  for the berth commands: export BERTH_TOKEN={}", tokens.client);
+            println!(
+                "  for the berth commands: export BERTH_TOKEN={}",
+                tokens.client
+            );
             format!(" -H 'authorization: Bearer {}'", tokens.client)
         }
         None => String::new(),

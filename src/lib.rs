@@ -4,9 +4,9 @@
 //! The HTTP side (the assigner, the fake Launchpad, `berth dev`, the client commands) is the
 //! `server` feature, on by default; the slot workers build without it.
 
+pub mod access;
 #[cfg(feature = "server")]
 pub mod assigner;
-pub mod access;
 pub mod backoff;
 pub mod broker;
 #[cfg(feature = "server")]

@@ -94,14 +94,18 @@ async fn call(
 
 /// Waits until the store no longer records `slot` as held.
 async fn wait_unused(stack: &Stack, slot: &str) {
-    wait_for("the slot's release to be written", Duration::from_secs(30), || async {
-        let description = stack.fake.description(slot).unwrap_or_default();
-        if description.contains("\"state\":\"used\"") {
-            Err(description)
-        } else {
-            Ok(())
-        }
-    })
+    wait_for(
+        "the slot's release to be written",
+        Duration::from_secs(30),
+        || async {
+            let description = stack.fake.description(slot).unwrap_or_default();
+            if description.contains("\"state\":\"used\"") {
+                Err(description)
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
 }
 
@@ -159,9 +163,15 @@ fn allowed(role: Role, need: &str) -> bool {
 async fn every_role_on_every_route_is_allowed_or_forbidden_and_no_token_is_unauthorized() {
     let stack = stack(clients(), |_| {}).await;
     let http = reqwest::Client::new();
-    let document = call(&http, Method::GET, &format!("{}/openapi.json", stack.base), None, None)
-        .await
-        .json;
+    let document = call(
+        &http,
+        Method::GET,
+        &format!("{}/openapi.json", stack.base),
+        None,
+        None,
+    )
+    .await
+    .json;
     let mut routes = Vec::new();
     for (path, item) in document["paths"].as_object().expect("paths") {
         for method in item.as_object().unwrap().keys() {
@@ -188,7 +198,12 @@ async fn every_role_on_every_route_is_allowed_or_forbidden_and_no_token_is_unaut
         let body = (method == Method::POST).then(|| json!({}));
         let anonymous = call(&http, method.clone(), &url, None, body.clone()).await;
         if need == "open" {
-            assert_eq!(anonymous.status, StatusCode::OK, "{method} {path}: {}", anonymous.text);
+            assert_eq!(
+                anonymous.status,
+                StatusCode::OK,
+                "{method} {path}: {}",
+                anonymous.text
+            );
         } else {
             assert_eq!(
                 anonymous.status,
@@ -198,7 +213,14 @@ async fn every_role_on_every_route_is_allowed_or_forbidden_and_no_token_is_unaut
             );
         }
         for (role, token) in roles {
-            let got = call(&http, method.clone(), &url, Some(&bearer(token)), body.clone()).await;
+            let got = call(
+                &http,
+                method.clone(),
+                &url,
+                Some(&bearer(token)),
+                body.clone(),
+            )
+            .await;
             if allowed(role, need) {
                 assert!(
                     got.status != StatusCode::UNAUTHORIZED && got.status != StatusCode::FORBIDDEN,
@@ -214,7 +236,10 @@ async fn every_role_on_every_route_is_allowed_or_forbidden_and_no_token_is_unaut
                     got.text
                 );
                 assert!(
-                    got.json["message"].as_str().unwrap().contains(role_name(role)),
+                    got.json["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains(role_name(role)),
                     "{}",
                     got.text
                 );
@@ -282,9 +307,18 @@ async fn missing_malformed_and_unknown_tokens_get_one_and_the_same_401() {
         Some(near.as_str()),
     ] {
         let got = call(&http, Method::POST, &url, authorization, body.clone()).await;
-        assert_eq!(got.status, StatusCode::UNAUTHORIZED, "{authorization:?}: {}", got.text);
+        assert_eq!(
+            got.status,
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}: {}",
+            got.text
+        );
         assert_eq!(got.json["error"], "unauthorized", "{}", got.text);
-        assert!(!got.text.contains(CLIENT), "the token is not echoed: {}", got.text);
+        assert!(
+            !got.text.contains(CLIENT),
+            "the token is not echoed: {}",
+            got.text
+        );
         answers.push(got.text);
     }
     answers.dedup();
@@ -297,10 +331,24 @@ async fn missing_malformed_and_unknown_tokens_get_one_and_the_same_401() {
     assert_eq!(without.text, answers[0]);
     let client = call(&http, Method::GET, &metrics, Some(&bearer(CLIENT)), None).await;
     assert_eq!(client.status, StatusCode::UNAUTHORIZED);
-    let with = call(&http, Method::GET, &metrics, Some(&bearer("metrics-token")), None).await;
+    let with = call(
+        &http,
+        Method::GET,
+        &metrics,
+        Some(&bearer("metrics-token")),
+        None,
+    )
+    .await;
     assert_eq!(with.status, StatusCode::OK, "{}", with.text);
     assert!(with.text.contains("berth_requests_total"), "{}", with.text);
-    let health = call(&http, Method::GET, &format!("{}/healthz", stack.base), None, None).await;
+    let health = call(
+        &http,
+        Method::GET,
+        &format!("{}/healthz", stack.base),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(health.status, StatusCode::OK);
     stack.stop().await;
 }
@@ -337,17 +385,24 @@ async fn max_held_and_max_waiting_answer_429_and_free_up_after_a_release() {
 
     let released = release_as(&stack, CLIENT, &slot, &lease).await;
     assert_eq!(released.status, StatusCode::ACCEPTED, "{}", released.text);
-    let again = wait_for("the client's quota to free up", Duration::from_secs(30), || async {
-        let got = acquire_as(&stack, CLIENT, POOL, "job-3", 5).await;
-        match got.status {
-            StatusCode::OK => Ok(got),
-            _ => Err(got.text),
-        }
-    })
+    let again = wait_for(
+        "the client's quota to free up",
+        Duration::from_secs(30),
+        || async {
+            let got = acquire_as(&stack, CLIENT, POOL, "job-3", 5).await;
+            match got.status {
+                StatusCode::OK => Ok(got),
+                _ => Err(got.text),
+            }
+        },
+    )
     .await;
     let slot = again.json["slot"].as_str().unwrap().to_owned();
     let lease = again.json["lease_token"].as_str().unwrap().to_owned();
-    assert_eq!(release_as(&stack, CLIENT, &slot, &lease).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        release_as(&stack, CLIENT, &slot, &lease).await.status,
+        StatusCode::ACCEPTED
+    );
 
     // max_waiting: the operator holds the only slot of `other`; one request of the client
     // waits for it, a second is refused; once the first is answered, the client may wait again.
@@ -367,27 +422,36 @@ async fn max_held_and_max_waiting_answer_429_and_free_up_after_a_release() {
             .await
         })
     };
-    wait_for("the request to wait in the queue of `other`", Duration::from_secs(10), || async {
-        let pools = call(
-            &reqwest::Client::new(),
-            Method::GET,
-            &format!("{}/v1/pools", stack.base),
-            Some(&bearer(READER)),
-            None,
-        )
-        .await;
-        let waiting = pools.json["pools"]
-            .as_array()
-            .and_then(|pools| pools.iter().find(|p| p["pool"] == "other"))
-            .map(|p| p["waiting"].clone());
-        match waiting {
-            Some(w) if w == json!(1) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_for(
+        "the request to wait in the queue of `other`",
+        Duration::from_secs(10),
+        || async {
+            let pools = call(
+                &reqwest::Client::new(),
+                Method::GET,
+                &format!("{}/v1/pools", stack.base),
+                Some(&bearer(READER)),
+                None,
+            )
+            .await;
+            let waiting = pools.json["pools"]
+                .as_array()
+                .and_then(|pools| pools.iter().find(|p| p["pool"] == "other"))
+                .map(|p| p["waiting"].clone());
+            match waiting {
+                Some(w) if w == json!(1) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let refused = acquire_as(&stack, CLIENT, "other", "job-x", 1).await;
-    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
     let message = refused.json["message"].as_str().unwrap();
     assert!(
         message.contains("1 acquire requests waiting") && message.contains("max_waiting is 1"),
@@ -395,22 +459,37 @@ async fn max_held_and_max_waiting_answer_429_and_free_up_after_a_release() {
     );
     let op_slot = held.json["slot"].as_str().unwrap();
     let op_lease = held.json["lease_token"].as_str().unwrap();
-    assert_eq!(release_as(&stack, OPERATOR, op_slot, op_lease).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        release_as(&stack, OPERATOR, op_slot, op_lease).await.status,
+        StatusCode::ACCEPTED
+    );
     let served = waiting.await.unwrap();
     assert_eq!(served.status, StatusCode::OK, "{}", served.text);
     let slot = served.json["slot"].as_str().unwrap().to_owned();
     let lease = served.json["lease_token"].as_str().unwrap().to_owned();
-    assert_eq!(release_as(&stack, CLIENT, &slot, &lease).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        release_as(&stack, CLIENT, &slot, &lease).await.status,
+        StatusCode::ACCEPTED
+    );
     wait_unused(&stack, &slot).await;
     let after = acquire_as(&stack, CLIENT, "other", "job-y", 0).await;
-    assert_ne!(after.status, StatusCode::TOO_MANY_REQUESTS, "{}", after.text);
+    assert_ne!(
+        after.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        after.text
+    );
     stack.stop().await;
 }
 
 #[tokio::test]
 async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
     let mut clients = clients();
-    clients.push(client("other-ci", "stranger-token-0123456789", Role::Client));
+    clients.push(client(
+        "other-ci",
+        "stranger-token-0123456789",
+        Role::Client,
+    ));
     let stack = stack(clients, |config| {
         config.auth.public_owner = Some(berth::access::PublicOwner::Plain);
     })
@@ -434,7 +513,11 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
             "{}",
             refused.text
         );
-        assert!(refused.text.contains("not held by this client"), "{}", refused.text);
+        assert!(
+            refused.text.contains("not held by this client"),
+            "{}",
+            refused.text
+        );
         let renew = call(
             &reqwest::Client::new(),
             Method::POST,
@@ -444,7 +527,11 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
         )
         .await;
         assert_eq!(renew.status, StatusCode::CONFLICT, "{}", renew.text);
-        assert!(renew.text.contains("not held by this client"), "{}", renew.text);
+        assert!(
+            renew.text.contains("not held by this client"),
+            "{}",
+            renew.text
+        );
     }
     // The holder still holds it, renews and releases it.
     let view = call(
@@ -456,7 +543,11 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
     )
     .await;
     assert_eq!(view.json["state"], "used", "{}", view.text);
-    assert_eq!(stack.fake.history().len(), writes, "no write for the stranger");
+    assert_eq!(
+        stack.fake.history().len(),
+        writes,
+        "no write for the stranger"
+    );
     let renew = call(
         &reqwest::Client::new(),
         Method::POST,
@@ -466,7 +557,10 @@ async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
     )
     .await;
     assert_eq!(renew.status, StatusCode::OK, "{}", renew.text);
-    assert_eq!(release_as(&stack, CLIENT, &slot, &lease).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        release_as(&stack, CLIENT, &slot, &lease).await.status,
+        StatusCode::ACCEPTED
+    );
     stack.stop().await;
 }
 
@@ -523,13 +617,17 @@ async fn two_assigners_share_one_max_held_count() {
     )
     .await;
     assert_eq!(released.status, StatusCode::ACCEPTED, "{}", released.text);
-    wait_for("the first assigner to see the quota free", Duration::from_secs(30), || async {
-        let got = acquire_as(&stack, CLIENT, "other", "job-d", 5).await;
-        match got.status {
-            StatusCode::OK => Ok(()),
-            _ => Err(got.text),
-        }
-    })
+    wait_for(
+        "the first assigner to see the quota free",
+        Duration::from_secs(30),
+        || async {
+            let got = acquire_as(&stack, CLIENT, "other", "job-d", 5).await;
+            match got.status {
+                StatusCode::OK => Ok(()),
+                _ => Err(got.text),
+            }
+        },
+    )
     .await;
     second.stop().await;
     stack.stop().await;
@@ -575,7 +673,8 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     struct Pasted {
         auth: AuthConfig,
     }
-    let pasted: Pasted = toml::from_str(&format!("[auth]\nmode = \"tokens\"\n{toml_part}")).unwrap();
+    let pasted: Pasted =
+        toml::from_str(&format!("[auth]\nmode = \"tokens\"\n{toml_part}")).unwrap();
     assert_eq!(pasted.auth.clients.len(), 1);
     assert!(!printed.contains(&api_token_hash("x")));
     let mut with_pasted = clients();
@@ -586,17 +685,28 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut status = stack.berth(&["slot", "show", "ppa-1", "--format", "json"]);
-    status.env_remove("BERTH_TOKEN").arg("--token-file").arg(&token_file);
+    status
+        .env_remove("BERTH_TOKEN")
+        .arg("--token-file")
+        .arg(&token_file);
     let out = run(status).await;
     assert!(out.status.success(), "--token-file: {}", text(&out.stderr));
 
     let mut anonymous = stack.berth(&["status"]);
-    anonymous.env_remove("BERTH_TOKEN").env_remove("BERTH_TOKEN_FILE");
+    anonymous
+        .env_remove("BERTH_TOKEN")
+        .env_remove("BERTH_TOKEN_FILE");
     let out = run(anonymous).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("unauthorized"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unauthorized"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    let mut acquire = stack.berth(&["acquire", "--pool", POOL, "--owner", "cli", "--format", "json"]);
+    let mut acquire = stack.berth(&[
+        "acquire", "--pool", POOL, "--owner", "cli", "--format", "json",
+    ]);
     acquire.env("BERTH_TOKEN", CLIENT);
     let out = run(acquire).await;
     assert!(out.status.success(), "BERTH_TOKEN: {}", text(&out.stderr));
@@ -608,7 +718,11 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     reclaim.env("BERTH_TOKEN", CLIENT);
     let out = run(reclaim).await;
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("forbidden"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("forbidden"),
+        "{}",
+        text(&out.stderr)
+    );
     let mut reclaim = stack.berth(&["slot", "reclaim", slot, "--reason", "test"]);
     reclaim.env("BERTH_TOKEN", &token);
     let out = run(reclaim).await;

@@ -78,7 +78,11 @@ fn http_with(token: &str) -> reqwest::Client {
 /// The owner the store records for a client's `owner` (`public_owner = "plain"`):
 /// `<client>/<owner>`, the client by the id in `client-<id>-<round>`.
 fn recorded_owner(owner: &str) -> String {
-    let id: usize = owner.split('-').nth(1).and_then(|id| id.parse().ok()).unwrap_or(0);
+    let id: usize = owner
+        .split('-')
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0);
     format!("{}/{owner}", CLIENT_NAMES[id % CLIENT_NAMES.len()])
 }
 

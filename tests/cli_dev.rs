@@ -526,10 +526,16 @@ async fn dev_with_auth_prints_an_operator_and_a_client_token_and_enforces_them()
     // The client token acquires (the berth commands send BERTH_TOKEN); it may not act on a
     // slot, the operator token may.
     let out = dev.berth(
-        &["acquire", "--pool", "ppa", "--owner", "me", "--format", "json"],
+        &[
+            "acquire", "--pool", "ppa", "--owner", "me", "--format", "json",
+        ],
         &[("BERTH_TOKEN", &client)],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lease: Value = serde_json::from_slice(&out.stdout).unwrap();
     let slot = lease["slot"].as_str().unwrap();
     let reclaim = ["slot", "reclaim", slot, "--reason", "test"];
@@ -541,6 +547,10 @@ async fn dev_with_auth_prints_an_operator_and_a_client_token_and_enforces_them()
         String::from_utf8_lossy(&out.stderr)
     );
     let out = dev.berth(&reclaim, &[("BERTH_TOKEN", &operator)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dev.stop().await;
 }

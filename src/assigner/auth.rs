@@ -40,7 +40,10 @@ pub(crate) fn access(method: &Method, path: &str) -> Option<Access> {
         ("GET", "/metrics") => Access::Metrics,
         (
             "GET",
-            "/v1/slots" | "/v1/pools" | "/v1/history" | "/v1/slots/{slot}"
+            "/v1/slots"
+            | "/v1/pools"
+            | "/v1/history"
+            | "/v1/slots/{slot}"
             | "/v1/slots/{slot}/history",
         ) => Access::Read,
         (
@@ -152,7 +155,11 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// The token of `Authorization: Bearer <token>`; `None` when missing or malformed.
 fn bearer(request: &Request) -> Option<&str> {
-    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))

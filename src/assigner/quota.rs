@@ -125,9 +125,8 @@ impl Quotas {
             .map(|s| s.slot.as_str())
             .collect();
         // Forget a given-back slot once the view no longer shows it held, or after a while.
-        returning.retain(|slot, since| {
-            since.elapsed() < RETURNING_FOR && held.contains(&slot.as_str())
-        });
+        returning
+            .retain(|slot, since| since.elapsed() < RETURNING_FOR && held.contains(&slot.as_str()));
         Ok(held
             .iter()
             .filter(|slot| !returning.contains_key(**slot))

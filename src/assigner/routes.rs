@@ -6,20 +6,20 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::{Extension, Json};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Json};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::AppState;
-use super::auth::{Caller, authorize};
 use super::api::{
     Accepted, AcquireRequest, Acquired, Action, ActionRequest, BODY_LIMIT, Body, ReleaseRequest,
     RenewRequest, Renewed, check_token,
 };
+use super::auth::{Caller, authorize};
 use super::error::ApiError;
 use super::history::{self, parse_since};
 use super::link::ExchangeError;
@@ -141,7 +141,10 @@ async fn assign(
         }
         None => None,
     };
-    let owner = app.config.auth.recorded_owner(caller.name(), &request.owner);
+    let owner = app
+        .config
+        .auth
+        .recorded_owner(caller.name(), &request.owner);
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let wait = Duration::from_secs(request.wait_secs);
@@ -158,7 +161,10 @@ async fn assign(
             ExchangeError::Stopping => ApiError::ShuttingDown,
         })?;
     if let Some(client) = caller.client.as_deref()
-        && let Err(over) = app.quotas.after_grant(&app.status, client, &reply.slot).await
+        && let Err(over) = app
+            .quotas
+            .after_grant(&app.status, client, &reply.slot)
+            .await
     {
         tracing::info!(slot = %reply.slot, client = %client.name, "grant over max_held; giving the slot back");
         app.link.give_back(reply);

@@ -247,7 +247,10 @@ pub(crate) fn pool_counts(snapshot: &Snapshot, pool: &str) -> PoolStatus {
 }
 
 /// The slots `client` holds in `snapshot`: used, with a recorded owner naming it.
-pub(crate) fn held_by<'a>(snapshot: &'a Snapshot, client: &'a str) -> impl Iterator<Item = &'a SlotStatus> {
+pub(crate) fn held_by<'a>(
+    snapshot: &'a Snapshot,
+    client: &'a str,
+) -> impl Iterator<Item = &'a SlotStatus> {
     snapshot.slots.iter().filter(move |s| {
         s.state == SlotState::Used.as_str()
             && s.owner

@@ -22,8 +22,8 @@ use output::Format;
 
 pub use history::{EventFormat, EventsArgs, HistoryArgs, events, history};
 pub use run::{EXIT_BERTH_FAILED, EXIT_LEASE_LOST, EXIT_NO_SLOT_IN_TIME, OnLeaseLost, run};
-pub use token::{TokenArgs, token};
 pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
+pub use token::{TokenArgs, token};
 
 /// Where the assigner is, and how long to keep trying.
 #[derive(Debug, Clone, clap::Args)]

@@ -52,7 +52,10 @@ pub fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let (token, lines) = new_client(&args.name, args.role);
-    println!("# The token of client {:?}, shown this once; give it to the client (BERTH_TOKEN or --token-file):", args.name);
+    println!(
+        "# The token of client {:?}, shown this once; give it to the client (BERTH_TOKEN or --token-file):",
+        args.name
+    );
     println!("{token}");
     println!("# Add to the assigner's configuration (under [auth], with mode = \"tokens\"):");
     print!("{lines}");
