@@ -286,18 +286,17 @@ pub(crate) async fn release(
     Ok((StatusCode::ACCEPTED, Json(json!({"slot": slot}))).into_response())
 }
 
-/// How old a view of the store may be for a second look at a slot's holder, when the first
-/// (up to 2 s old) did not show the caller holding it: a slot it just got through another
-/// assigner shows up, and a stranger's requests cause at most one store read per this long.
-const HOLDER_RECHECK_AGE: Duration = Duration::from_millis(250);
-
 /// Before a renew or release reaches the worker or the store: `409 not_held` unless the
 /// store's view shows `slot` held by the caller's client (the client its recorded owner
-/// names): to a client, a slot another client holds is not held. No check in mode `none`.
+/// names): to a client, a slot another client holds is not held. The cached view (up to
+/// 2 s old) lets a holder through; otherwise it takes a view read after this request came,
+/// which shows any slot handed out before (shared with concurrent requests, one read at a
+/// time). No check in mode `none`.
 async fn check_holder(app: &AppState, caller: &Caller, slot: &str) -> Result<(), ApiError> {
     let Some(client) = caller.name() else {
         return Ok(());
     };
+    let arrived = std::time::Instant::now();
     // `Some(true)`: held by the caller; `Some(false)`: by another client; `None`: by nobody.
     let holder = |snapshot: &Snapshot| {
         let status = snapshot.slots.iter().find(|s| s.slot == slot)?;
@@ -314,7 +313,7 @@ async fn check_holder(app: &AppState, caller: &Caller, slot: &str) -> Result<(),
     }
     let snapshot = app
         .status
-        .snapshot_within(HOLDER_RECHECK_AGE)
+        .snapshot_since(arrived)
         .await
         .map_err(ApiError::Store)?;
     match holder(&snapshot) {

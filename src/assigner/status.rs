@@ -134,7 +134,7 @@ impl StatusCache {
 
     /// The slots, read at most [`FRESH_FOR`] ago.
     pub(crate) async fn snapshot(&self) -> Result<Arc<Snapshot>, StoreError> {
-        self.snapshot_within(FRESH_FOR).await
+        self.read(|_| true).await
     }
 
     /// Makes the next snapshot a new read: this assigner has just changed a slot.
@@ -142,16 +142,21 @@ impl StatusCache {
         *self.stale_before.lock().expect("not poisoned") = Some(Instant::now());
     }
 
-    /// The slots, read at most `max_age` ago (and not before the last [`Self::invalidate`]).
-    pub(crate) async fn snapshot_within(
-        &self,
-        max_age: Duration,
-    ) -> Result<Arc<Snapshot>, StoreError> {
+    /// The slots, from a read begun at or after `since`: it sees every write made before
+    /// `since`. Concurrent callers share one read.
+    pub(crate) async fn snapshot_since(&self, since: Instant) -> Result<Arc<Snapshot>, StoreError> {
+        self.read(|started| started >= since).await
+    }
+
+    /// The cached snapshot if it is younger than [`FRESH_FOR`], begun after the last
+    /// [`Self::invalidate`] and `good` for the caller; else a new read.
+    async fn read(&self, good: impl Fn(Instant) -> bool) -> Result<Arc<Snapshot>, StoreError> {
         let mut cached = self.cached.lock().await;
         let stale_before = *self.stale_before.lock().expect("not poisoned");
         if let Some((at, snapshot)) = cached.as_ref()
-            && at.elapsed() < max_age
+            && at.elapsed() < FRESH_FOR
             && stale_before.is_none_or(|stale| *at > stale)
+            && good(*at)
         {
             return Ok(Arc::clone(snapshot));
         }
