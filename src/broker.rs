@@ -1,6 +1,8 @@
 //! Shared RabbitMQ plumbing: connecting, declaring the topology with the same arguments
 //! everywhere (DESIGN §3) and dead-lettering refused messages.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -8,7 +10,8 @@ use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio_util::sync::CancellationToken;
 
@@ -30,21 +33,145 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 /// its standby waits. RabbitMQ's own default is 60 s.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
+/// How long opening a connection may take (TCP, TLS and the AMQP handshake), unless the
+/// URL sets `connection_timeout` (milliseconds).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The longest pause between two tries to reach the broker again after losing it: a process
 /// is back within about this long after the broker accepts connections again.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
-/// Opens one connection named `name` (shown in the management UI).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
-    match url.parse::<AMQPUri>() {
-        Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(FRAME_MAX);
-            uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-            Connection::connect_uri(uri, props).await
+/// How `amqps://` connections check the broker's certificate: against the system's roots,
+/// and the CA certificates of `amqp_ca_file` when one is configured. `amqp://` URLs ignore
+/// it, so one setting serves a list of URLs of either scheme. The scheme decides: an
+/// `amqps://` URL never falls back to plain text.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerTls {
+    /// PEM text of the extra CA certificates.
+    ca_pem: Option<Arc<str>>,
+}
+
+/// Why a CA file was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("cannot read the CA file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NoCertificate { path: PathBuf },
+}
+
+impl BrokerTls {
+    /// The system's roots only.
+    pub fn system_roots() -> BrokerTls {
+        BrokerTls::default()
+    }
+
+    /// The system's roots and the CA certificates (PEM) of `path`, read now: a missing or
+    /// empty file is an error at start, not at the first connection.
+    pub fn with_ca_file(path: &Path) -> Result<BrokerTls, CaFileError> {
+        let pem = std::fs::read_to_string(path).map_err(|source| CaFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(CaFileError::NoCertificate {
+                path: path.to_owned(),
+            });
         }
+        Ok(BrokerTls {
+            ca_pem: Some(pem.into()),
+        })
+    }
+
+    fn lapin_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// Opens one connection named `name` (shown in the management UI), checking an `amqps://`
+/// broker against the system's roots only. See [`connect_with`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    connect_with(url, &BrokerTls::system_roots(), name).await
+}
+
+/// Opens one connection named `name` (shown in the management UI): TLS for `amqps://`
+/// (certificate checked as `tls` says), plain TCP for `amqp://`. Every connection of berth
+/// (assigner, workers, `berth events`, bench, tests) is opened here.
+pub async fn connect_with(
+    url: &str,
+    tls: &BrokerTls,
+    name: &str,
+) -> Result<Connection, ConnectError> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    let mut uri = match url.parse::<AMQPUri>() {
+        Ok(uri) => uri,
         // lapin says what is wrong with it.
-        Err(_) => Connection::connect(url, props).await,
+        Err(_) => {
+            return Connection::connect(url, props)
+                .await
+                .map_err(|source| ConnectError::Amqp { source, hint: "" });
+        }
+    };
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    let tls_scheme = uri.scheme == AMQPScheme::AMQPS;
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|source| ConnectError::Amqp { source, hint: "" })?;
+    let connecting = Connection::connect_uri_with_config(uri, props, tls.lapin_config(), runtime);
+    // lapin sets no limit: a handshake that the other end never answers would hang.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::new(source, tls_scheme)),
+        Err(_) => Err(ConnectError::TimedOut {
+            limit: CONNECT_TIMEOUT,
+            hint: hint(tls_scheme),
+        }),
+    }
+}
+
+/// Why a connection to the broker could not be opened. Never holds the URL (which may hold
+/// a password).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{source}{hint}")]
+    Amqp {
+        source: lapin::Error,
+        hint: &'static str,
+    },
+    #[error("no AMQP handshake within {limit:?}{hint}")]
+    TimedOut {
+        limit: Duration,
+        hint: &'static str,
+    },
+}
+
+impl ConnectError {
+    fn new(source: lapin::Error, tls_scheme: bool) -> ConnectError {
+        let hint = match source.kind() {
+            // The broker hung up before the AMQP handshake: a TLS port reading our plain
+            // protocol header, most often.
+            lapin::ErrorKind::IOError(_)
+            | lapin::ErrorKind::ParsingError(_)
+            | lapin::ErrorKind::InvalidConnectionState(_)
+            | lapin::ErrorKind::InvalidProtocolVersion(_) => hint(tls_scheme),
+            _ => "",
+        };
+        ConnectError::Amqp { source, hint }
+    }
+}
+
+/// What an interrupted handshake most likely means, given the URL's scheme.
+fn hint(tls_scheme: bool) -> &'static str {
+    if tls_scheme {
+        " (amqps:// URL: is this port a TLS listener, and does its certificate chain to the system roots or amqp_ca_file?)"
+    } else {
+        " (amqp:// URL: if this port is a TLS listener, use amqps://)"
     }
 }
 
@@ -52,12 +179,13 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
 /// Each failure is logged without the URL, which may hold a password.
 pub async fn connect_with_backoff(
     url: &str,
+    tls: &BrokerTls,
     name: &str,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
     loop {
-        match connect(url, name).await {
+        match connect_with(url, tls, name).await {
             Ok(conn) => return Some(conn),
             Err(err) => {
                 let delay = backoff.next_delay();

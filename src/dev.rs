@@ -90,7 +90,7 @@ pub async fn run_cli(args: DevArgs) -> anyhow::Result<ExitCode> {
 fn write_config(args: &DevArgs, store_root: &str, dir: &Path) -> anyhow::Result<(Config, PathBuf)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let credentials = dir.join("credentials");
-    std::fs::write(
+    crate::secret_file::write_secret_file(
         &credentials,
         "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = dev-token\naccess_secret = dev-secret\n",
     )?;

@@ -146,7 +146,7 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("berth-bench-{namespace}"));
         std::fs::create_dir_all(&dir)?;
         let credentials = dir.join("credentials");
-        std::fs::write(
+        berth::secret_file::write_secret_file(
             &credentials,
             "[1]\nconsumer_key = berth-bench\nconsumer_secret =\naccess_token = bench-token\naccess_secret = bench-secret\n",
         )?;

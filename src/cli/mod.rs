@@ -27,25 +27,31 @@ pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the assigner.
-    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080", hide_env_values = true)]
     pub url: String,
     /// How long to wait (seconds, or 30s, 5m, 1h): for `acquire` and `run`, for a free slot
     /// (default: the server's, 60 s); for every command, for an assigner that is restarting,
     /// unreachable or busy: temporary failures are retried within it (default 30 s).
     #[arg(long, env = "BERTH_WAIT", value_parser = duration::parse_secs)]
     pub wait: Option<u64>,
+    /// PEM file of CA certificates that an `https://` assigner's certificate may chain to
+    /// (besides the system's roots).
+    #[arg(long, env = "BERTH_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
     /// The client, retrying within `--wait` and saying so on stderr once per call.
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> Result<Client, crate::client::ClientError> {
         let budget = self
             .wait
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_RETRY_BUDGET);
-        Client::new(&self.url)
-            .retry_for(budget)
-            .on_retry(say_retrying)
+        let client = match &self.ca_file {
+            Some(ca_file) => Client::with_ca_file(&self.url, ca_file)?,
+            None => Client::new(&self.url),
+        };
+        Ok(client.retry_for(budget).on_retry(say_retrying))
     }
 }
 
@@ -185,9 +191,11 @@ pub(crate) fn fail(err: &ClientError) -> ExitCode {
 pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
     let request = &args.request;
     let owner = request.owner.clone().unwrap_or_else(default_owner);
-    match request
-        .client
-        .client()
+    let client = match request.client.client() {
+        Ok(client) => client,
+        Err(err) => return Ok(fail(&err)),
+    };
+    match client
         .acquire(&request.pool, &owner, request.lease, request.client.wait)
         .await
     {
@@ -202,9 +210,11 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
 /// `berth renew`: for `--lease`, else for the holder's lease length.
 pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
     let lease_secs = args.lease.or(args.lease_secs);
-    match args
-        .client
-        .client()
+    let client = match args.client.client() {
+        Ok(client) => client,
+        Err(err) => return Ok(fail(&err)),
+    };
+    match client
         .renew(&args.held.slot, &args.held.token, lease_secs)
         .await
     {
@@ -221,9 +231,11 @@ pub async fn renew(args: RenewArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth release`.
 pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
-    match args
-        .client
-        .client()
+    let client = match args.client.client() {
+        Ok(client) => client,
+        Err(err) => return Ok(fail(&err)),
+    };
+    match client
         .release(&args.held.slot, &args.held.token)
         .await
     {
@@ -237,7 +249,11 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    match args.client.client().status().await {
+    let client = match args.client.client() {
+        Ok(client) => client,
+        Err(err) => return Ok(fail(&err)),
+    };
+    match client.status().await {
         Ok(status) => {
             print!("{}", output::status(&status, args.output.format));
             Ok(ExitCode::SUCCESS)

@@ -49,7 +49,13 @@ pub enum OnLeaseLost {
 /// `berth run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let request = &args.request;
-    let client = request.client.client();
+    let client = match request.client.client() {
+        Ok(client) => client,
+        Err(err) => {
+            eprintln!("berth: {err}");
+            return Ok(ExitCode::from(EXIT_BERTH_FAILED));
+        }
+    };
     let owner = request.owner.clone().unwrap_or_else(default_owner);
     let lease = match client
         .acquire(&request.pool, &owner, request.lease, request.client.wait)

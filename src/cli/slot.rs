@@ -74,9 +74,11 @@ pub async fn slot(args: SlotArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let by = action.by.clone().unwrap_or_else(default_owner);
-    match action
-        .client
-        .client()
+    let client = match action.client.client() {
+        Ok(client) => client,
+        Err(err) => return Ok(fail(&err)),
+    };
+    match client
         .slot_action(
             &action.slot,
             name,
@@ -98,7 +100,11 @@ pub async fn slot(args: SlotArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn shown(args: ShowArgs) -> ExitCode {
-    match args.client.client().slot(&args.slot).await {
+    let client = match args.client.client() {
+        Ok(client) => client,
+        Err(err) => return fail(&err),
+    };
+    match client.slot(&args.slot).await {
         Ok(slot) => {
             print!("{}", output::slot(&slot, args.output.format));
             ExitCode::SUCCESS

@@ -70,7 +70,7 @@ impl Stack {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let credentials = dir.path().join("credentials");
-        std::fs::write(
+        berth::secret_file::write_secret_file(
             &credentials,
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = t\naccess_secret = s\n",
         )
