@@ -115,14 +115,14 @@ pub async fn connect_with(
         Err(_) => {
             return Connection::connect(url, props)
                 .await
-                .map_err(|source| ConnectError::Amqp { source, hint: "" });
+                .map_err(|error| ConnectError::Amqp { error, hint: "" });
         }
     };
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
     let tls_scheme = uri.scheme == AMQPScheme::AMQPS;
     let runtime = lapin::runtime::default_runtime()
-        .map_err(|source| ConnectError::Amqp { source, hint: "" })?;
+        .map_err(|error| ConnectError::Amqp { error, hint: "" })?;
     let connecting = Connection::connect_uri_with_config(uri, props, tls.lapin_config(), runtime);
     // lapin sets no limit: a handshake that the other end never answers would hang.
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
@@ -139,9 +139,10 @@ pub async fn connect_with(
 /// a password).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("{source}{hint}")]
+    /// `error` is not a `source`: its text is already in this one's.
+    #[error("{error}{hint}")]
     Amqp {
-        source: lapin::Error,
+        error: lapin::Error,
         hint: &'static str,
     },
     #[error("no AMQP handshake within {limit:?}{hint}")]
@@ -152,8 +153,8 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    fn new(source: lapin::Error, tls_scheme: bool) -> ConnectError {
-        let hint = match source.kind() {
+    fn new(error: lapin::Error, tls_scheme: bool) -> ConnectError {
+        let hint = match error.kind() {
             // The broker hung up before the AMQP handshake: a TLS port reading our plain
             // protocol header, most often.
             lapin::ErrorKind::IOError(_)
@@ -162,14 +163,14 @@ impl ConnectError {
             | lapin::ErrorKind::InvalidProtocolVersion(_) => hint(tls_scheme),
             _ => "",
         };
-        ConnectError::Amqp { source, hint }
+        ConnectError::Amqp { error, hint }
     }
 }
 
 /// What an interrupted handshake most likely means, given the URL's scheme.
 fn hint(tls_scheme: bool) -> &'static str {
     if tls_scheme {
-        " (amqps:// URL: is this port a TLS listener, and does its certificate chain to the system roots or amqp_ca_file?)"
+        " (amqps:// URL: TLS failed; is this port a TLS listener, and does the broker's certificate verify against the system roots or amqp_ca_file?)"
     } else {
         " (amqp:// URL: if this port is a TLS listener, use amqps://)"
     }
