@@ -224,12 +224,39 @@ async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::E
         .await
 }
 
-/// Declares the events exchange and the dead-letter queue.
+/// The arguments the dead-letter queue is declared with, the same everywhere: bounded by
+/// `x-max-length`, the oldest message dropped first.
+pub fn dead_letter_arguments(names: &Names) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::try_from(names.dead_letter_max_length()).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    arguments
+}
+
+/// Declares the events exchange and the dead-letter queue. A dead-letter queue that exists
+/// with another bound (`dead_letter_max_length` changed) is refused by the broker: the error
+/// is logged with what to run, and returned.
 pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
     declare_events(channel, names).await?;
-    channel
-        .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
-        .await?;
+    let queue = names.dead_queue();
+    let declared = channel
+        .queue_declare(queue.as_str().into(), durable(), dead_letter_arguments(names))
+        .await;
+    if let Err(err) = &declared
+        && err.to_string().contains("PRECONDITION_FAILED")
+    {
+        tracing::error!(error = %err, queue = %queue,
+            max_length = names.dead_letter_max_length(),
+            "the dead-letter queue exists with another x-max-length; set dead_letter_max_length \
+             back, or read what it holds and run `rabbitmqctl delete_queue {queue}`");
+    }
+    declared?;
     Ok(())
 }
 
@@ -345,12 +372,13 @@ pub async fn dead_letter(
         .clone()
         .with_headers(headers)
         .with_delivery_mode(PERSISTENT);
+    let body = scrub_lease_tokens(&delivery.data);
     channel
         .basic_publish(
             ShortString::from(""),
             names.dead_queue().into(),
             BasicPublishOptions::default(),
-            &delivery.data,
+            &body,
             properties,
         )
         .await?
@@ -362,6 +390,67 @@ pub async fn dead_letter(
         "refused a message; moved it to the dead-letter queue"
     );
     Ok(())
+}
+
+/// `body` with the value of every `"lease_token": "…"` replaced by `sha256:<hex>` of it, as
+/// the slot record's `lease_sha256` holds it: a dead-lettered copy shows which lease it was
+/// about, and gives no one the lease. Found in the text, so a body that is not valid JSON
+/// (one reason for refusing it) is scrubbed too.
+pub fn scrub_lease_tokens(body: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"lease_token\"";
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(at) = find(rest, KEY) {
+        let (before, after) = rest.split_at(at + KEY.len());
+        out.extend_from_slice(before);
+        // `: "value"`, with any blanks around the colon.
+        let colon = after.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(colon) = colon.filter(|&i| after[i] == b':') else {
+            rest = after;
+            continue;
+        };
+        let open = after[colon + 1..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|i| colon + 1 + i);
+        let Some(open) = open.filter(|&i| after[i] == b'"') else {
+            rest = after;
+            continue;
+        };
+        // The closing quote: the first one not escaped (a token is hex, but a refused body
+        // may hold anything).
+        let mut close = None;
+        let mut i = open + 1;
+        while i < after.len() {
+            match after[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    close = Some(i);
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = close.unwrap_or(after.len());
+        let token = String::from_utf8_lossy(&after[open + 1..end.min(after.len())]);
+        out.extend_from_slice(&after[..=open]);
+        out.extend_from_slice(format!("sha256:{}", crate::lease::token_hash(&token)).as_bytes());
+        match close {
+            Some(close) => rest = &after[close..],
+            None => {
+                out.push(b'"');
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// Declares a server-named, exclusive, auto-delete queue and consumes it without acks: the
@@ -396,6 +485,41 @@ pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_tokens_leave_a_dead_letter_only_as_their_hash() {
+        let hash = crate::lease::token_hash("abc123");
+        let scrub = |body: &str| String::from_utf8(scrub_lease_tokens(body.as_bytes())).unwrap();
+        assert_eq!(
+            scrub(r#"{"v":1,"kind":"release","lease_token":"abc123"}"#),
+            format!(r#"{{"v":1,"kind":"release","lease_token":"sha256:{hash}"}}"#)
+        );
+        // Spaced, among others, and in a body that is not valid JSON.
+        let scrubbed = scrub(r#"{"v":9, "lease_token" : "abc123", "x": "lease_token", "lease_token":"abc123""#);
+        assert!(!scrubbed.contains("\"abc123"), "{scrubbed}");
+        assert_eq!(scrubbed.matches(&hash).count(), 2, "{scrubbed}");
+        // Unterminated: the rest is the token, and is hashed.
+        let scrubbed = scrub(r#"{"lease_token":"abc123"#);
+        assert_eq!(scrubbed, format!(r#"{{"lease_token":"sha256:{hash}""#));
+        // Nothing to scrub: unchanged.
+        for body in [r#"{"v":1,"kind":"enable"}"#, "not json", r#"{"lease_token":5}"#, ""] {
+            assert_eq!(scrub(body), body);
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_queue_is_bounded() {
+        let names = Names::new("ns").with_dead_letter_max_length(50);
+        assert_eq!(names.dead_queue(), "ns.dead.v2");
+        let arguments = dead_letter_arguments(&names);
+        let inner = arguments.inner();
+        let get = |key: &str| inner.get(&ShortString::from(key)).cloned();
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(50)));
+        assert_eq!(
+            get("x-overflow"),
+            Some(AMQPValue::LongString("drop-head".into()))
+        );
+    }
 
     #[test]
     fn the_history_stream_is_declared_with_its_retention() {

@@ -54,6 +54,10 @@ pub struct Config {
     pub history_max_age: String,
     /// The history stream's size cap in bytes (`x-max-length-bytes`), whichever comes first.
     pub history_max_bytes: u64,
+    /// The most messages the dead-letter queue `<ns>.dead.v2` keeps (`x-max-length`; the
+    /// oldest go first). Set it alike everywhere: an existing queue keeps the bound it was
+    /// declared with, and a declare with another one is refused (the log says what to run).
+    pub dead_letter_max_length: u64,
     pub store: StoreConfig,
     pub worker: WorkerConfig,
     /// The pools and their slots.
@@ -123,6 +127,7 @@ impl Default for Config {
             max_wait_secs: 3600,
             history_max_age: crate::protocol::DEFAULT_HISTORY_MAX_AGE.into(),
             history_max_bytes: crate::protocol::DEFAULT_HISTORY_MAX_BYTES,
+            dead_letter_max_length: crate::protocol::DEFAULT_DEAD_LETTER_MAX_LENGTH,
             store: StoreConfig::default(),
             worker: WorkerConfig::default(),
             pools: Vec::new(),
@@ -276,6 +281,12 @@ impl Config {
         if self.history_max_bytes == 0 {
             return invalid("history_max_bytes".into(), "must be at least 1");
         }
+        if self.dead_letter_max_length == 0 || i64::try_from(self.dead_letter_max_length).is_err() {
+            return invalid(
+                "dead_letter_max_length".into(),
+                "must be between 1 and 2^63 - 1",
+            );
+        }
         if self.default_wait_secs > self.max_wait_secs {
             return invalid("default_wait_secs".into(), "must not exceed max_wait_secs");
         }
@@ -387,6 +398,7 @@ impl Config {
     pub fn names(&self) -> crate::protocol::Names {
         crate::protocol::Names::new(self.namespace.clone())
             .with_history(self.history_max_age.clone(), self.history_max_bytes)
+            .with_dead_letter_max_length(self.dead_letter_max_length)
     }
 
     /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.
