@@ -9,8 +9,8 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio_util::sync::CancellationToken;
@@ -146,10 +146,7 @@ pub enum ConnectError {
         hint: &'static str,
     },
     #[error("no AMQP handshake within {limit:?}{hint}")]
-    TimedOut {
-        limit: Duration,
-        hint: &'static str,
-    },
+    TimedOut { limit: Duration, hint: &'static str },
 }
 
 impl ConnectError {
@@ -246,7 +243,11 @@ pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapi
     declare_events(channel, names).await?;
     let queue = names.dead_queue();
     let declared = channel
-        .queue_declare(queue.as_str().into(), durable(), dead_letter_arguments(names))
+        .queue_declare(
+            queue.as_str().into(),
+            durable(),
+            dead_letter_arguments(names),
+        )
         .await;
     if let Err(err) = &declared
         && err.to_string().contains("PRECONDITION_FAILED")
@@ -495,14 +496,21 @@ mod tests {
             format!(r#"{{"v":1,"kind":"release","lease_token":"sha256:{hash}"}}"#)
         );
         // Spaced, among others, and in a body that is not valid JSON.
-        let scrubbed = scrub(r#"{"v":9, "lease_token" : "abc123", "x": "lease_token", "lease_token":"abc123""#);
+        let scrubbed = scrub(
+            r#"{"v":9, "lease_token" : "abc123", "x": "lease_token", "lease_token":"abc123""#,
+        );
         assert!(!scrubbed.contains("\"abc123"), "{scrubbed}");
         assert_eq!(scrubbed.matches(&hash).count(), 2, "{scrubbed}");
         // Unterminated: the rest is the token, and is hashed.
         let scrubbed = scrub(r#"{"lease_token":"abc123"#);
         assert_eq!(scrubbed, format!(r#"{{"lease_token":"sha256:{hash}""#));
         // Nothing to scrub: unchanged.
-        for body in [r#"{"v":1,"kind":"enable"}"#, "not json", r#"{"lease_token":5}"#, ""] {
+        for body in [
+            r#"{"v":1,"kind":"enable"}"#,
+            "not json",
+            r#"{"lease_token":5}"#,
+            "",
+        ] {
             assert_eq!(scrub(body), body);
         }
     }

@@ -239,7 +239,12 @@ impl Config {
         }
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return invalid(
-                if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" }.into(),
+                if self.tls_cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                }
+                .into(),
                 "tls_cert and tls_key go together (HTTPS needs both)",
             );
         }
@@ -384,13 +389,13 @@ impl Config {
     pub fn broker_tls(&self) -> Result<crate::broker::BrokerTls, ConfigError> {
         match &self.amqp_ca_file {
             None => Ok(crate::broker::BrokerTls::system_roots()),
-            Some(path) => crate::broker::BrokerTls::with_ca_file(path).map_err(|err| {
-                ConfigError::Invalid {
+            Some(path) => {
+                crate::broker::BrokerTls::with_ca_file(path).map_err(|err| ConfigError::Invalid {
                     path: None,
                     key: "amqp_ca_file".into(),
                     message: err.to_string(),
-                }
-            }),
+                })
+            }
         }
     }
 

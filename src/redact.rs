@@ -117,7 +117,10 @@ mod tests {
         let public = public_error(&long, 100);
         assert!(public.len() <= 100, "{}", public.len());
         assert!(public.ends_with('…'), "{public}");
-        assert!(!public.contains("hunter2") && !public.contains('\n'), "{public}");
+        assert!(
+            !public.contains("hunter2") && !public.contains('\n'),
+            "{public}"
+        );
         assert!(public.starts_with("store said: https://user:***@lp.example/x "));
         assert_eq!(public_error("short", 100), "short");
         assert_eq!(public_error("exactly", 7), "exactly");

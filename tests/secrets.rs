@@ -19,7 +19,10 @@ fn run_with_secrets(command: &mut Command) -> Output {
             "BERTH_AMQP_URL",
             format!("amqp://u:{PASSWORD}@rabbit.example:5672/%2f"),
         )
-        .env("BERTH_STORE_URL", format!("https://lp:{PASSWORD}@api.example/"))
+        .env(
+            "BERTH_STORE_URL",
+            format!("https://lp:{PASSWORD}@api.example/"),
+        )
         .env("BERTH_URL", format!("https://ci:{PASSWORD}@berth.example"))
         .env("BERTH_LEASE_TOKEN", PASSWORD)
         .stdin(Stdio::null())
@@ -51,18 +54,41 @@ fn help_never_shows_a_password_from_the_environment() {
     let mut worker = Command::new(worker_bin());
     worker.arg("--help");
     for (name, mut command, shows) in [
-        ("berth assigner --help", berth(&["assigner", "--help"]), "BERTH_AMQP_URL"),
-        ("berth events --help", berth(&["events", "--help"]), "BERTH_AMQP_URL"),
-        ("berth dev --help", berth(&["dev", "--help"]), "BERTH_AMQP_URL"),
-        ("berth acquire --help", berth(&["acquire", "--help"]), "BERTH_URL"),
-        ("berth release --help", berth(&["release", "--help"]), "BERTH_LEASE_TOKEN"),
+        (
+            "berth assigner --help",
+            berth(&["assigner", "--help"]),
+            "BERTH_AMQP_URL",
+        ),
+        (
+            "berth events --help",
+            berth(&["events", "--help"]),
+            "BERTH_AMQP_URL",
+        ),
+        (
+            "berth dev --help",
+            berth(&["dev", "--help"]),
+            "BERTH_AMQP_URL",
+        ),
+        (
+            "berth acquire --help",
+            berth(&["acquire", "--help"]),
+            "BERTH_URL",
+        ),
+        (
+            "berth release --help",
+            berth(&["release", "--help"]),
+            "BERTH_LEASE_TOKEN",
+        ),
         ("berth-worker --help", worker, "BERTH_AMQP_URL"),
     ] {
         let output = run_with_secrets(&mut command);
         let text = all_text(&output);
         assert!(output.status.success(), "{name}: {text}");
         assert!(text.contains(shows), "{name} documents {shows}: {text}");
-        assert!(!text.contains(PASSWORD), "{name} shows the password:\n{text}");
+        assert!(
+            !text.contains(PASSWORD),
+            "{name} shows the password:\n{text}"
+        );
     }
 }
 
@@ -86,7 +112,10 @@ fn a_credentials_file_others_may_read_stops_the_assigner_and_the_worker_at_start
     worker
         .args(["--pool", "ppa", "--slot", "ppa-1", "--credentials"])
         .arg(&credentials);
-    for (name, command) in [("berth assigner", &mut assigner), ("berth-worker", &mut worker)] {
+    for (name, command) in [
+        ("berth assigner", &mut assigner),
+        ("berth-worker", &mut worker),
+    ] {
         // A store URL that passes every other check, so the file is what stops it.
         command
             .env("BERTH_STORE_URL", "http://127.0.0.1:9/")

@@ -79,7 +79,10 @@ async fn the_stack_runs_over_amqps_and_the_cli_acquires_over_https_with_its_ca_f
     let started = Instant::now();
     let refused = output(&mut stack.berth(&["status", "--wait", "60"])).await;
     let stderr = text(&refused.stderr);
-    assert!(!refused.status.success(), "status without --ca-file: {stderr}");
+    assert!(
+        !refused.status.success(),
+        "status without --ca-file: {stderr}"
+    );
     assert!(
         stderr.contains("certificate") && stderr.contains("--ca-file"),
         "{stderr}"

@@ -123,6 +123,7 @@ pub(crate) struct Stack {
 impl Stack {
     pub(crate) async fn start(
         amqp_url: &str,
+        amqp_ca_file: Option<&Path>,
         namespace: &str,
         pools: &Pools,
         bin_dir: &Path,
@@ -153,6 +154,7 @@ impl Stack {
         let listen = free_port()?;
         let mut config = Config {
             amqp_url: amqp_url.to_owned(),
+            amqp_ca_file: amqp_ca_file.map(Path::to_path_buf),
             namespace: namespace.to_owned(),
             listen,
             pools: pools.config(),

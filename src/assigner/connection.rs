@@ -201,7 +201,8 @@ pub(crate) async fn connection_loop(
             config.names.namespace(),
             std::process::id()
         );
-        let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &config.tls, &name, &cancel).await
+        let Some(connection) =
+            broker::connect_with_backoff(&config.amqp_url, &config.tls, &name, &cancel).await
         else {
             break;
         };

@@ -27,7 +27,12 @@ pub use slot::{ActionArgs, ShowArgs, SlotArgs, SlotCommand, slot};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the assigner.
-    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "BERTH_URL",
+        default_value = "http://127.0.0.1:8080",
+        hide_env_values = true
+    )]
     pub url: String,
     /// How long to wait (seconds, or 30s, 5m, 1h): for `acquire` and `run`, for a free slot
     /// (default: the server's, 60 s); for every command, for an assigner that is restarting,
@@ -235,10 +240,7 @@ pub async fn release(args: ReleaseArgs) -> anyhow::Result<ExitCode> {
         Ok(client) => client,
         Err(err) => return Ok(fail(&err)),
     };
-    match client
-        .release(&args.held.slot, &args.held.token)
-        .await
-    {
+    match client.release(&args.held.slot, &args.held.token).await {
         Ok(()) => {
             print!("{}", output::released(&args.held.slot, args.output.format));
             Ok(ExitCode::SUCCESS)

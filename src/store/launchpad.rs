@@ -87,11 +87,10 @@ impl LaunchpadStore {
             "" => format!("{}/", api_root.trim_end_matches('/')),
             _ => format!("{}/{version}/", api_root.trim_end_matches('/')),
         };
-        let root = Url::parse(&root)
-            .map_err(|e| {
-                let shown = crate::redact::redact_url(api_root);
-                refuse(format!("invalid store URL {shown:?}: {e}"))
-            })?;
+        let root = Url::parse(&root).map_err(|e| {
+            let shown = crate::redact::redact_url(api_root);
+            refuse(format!("invalid store URL {shown:?}: {e}"))
+        })?;
         if !matches!(root.scheme(), "http" | "https") || root.cannot_be_a_base() {
             let shown = crate::redact::redact_url(api_root);
             return Err(refuse(format!("store URL {shown:?} is not an http(s) URL")));

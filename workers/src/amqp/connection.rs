@@ -113,8 +113,9 @@ impl Connector {
         if reconnecting {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
-        let conn =
-            Arc::new(berth::broker::connect_with_backoff(&self.url, &self.tls, &self.name, cancel).await?);
+        let conn = Arc::new(
+            berth::broker::connect_with_backoff(&self.url, &self.tls, &self.name, cancel).await?,
+        );
         if reconnecting {
             self.metrics.broker_reconnected();
         }
