@@ -173,3 +173,20 @@ fn a_ca_file_without_a_certificate_is_refused_by_name() {
     let err = BrokerTls::with_ca_file(&path).unwrap_err().to_string();
     assert!(err.contains(path.to_str().unwrap()), "{err}");
 }
+
+/// Before lapin had a TLS backend, an `amqps://` URL connected in plain text: now the scheme
+/// decides, and a plain AMQP port answering a TLS handshake is an error.
+#[tokio::test]
+async fn an_amqps_url_never_falls_back_to_plain_text() {
+    let plain = support::amqp_url();
+    let tls = plain.replacen("amqp://", "amqps://", 1);
+    assert!(tls.starts_with("amqps://"), "{tls}");
+    let err = broker::connect(&tls, "tls-test")
+        .await
+        .expect_err("amqps:// to the plain port must not connect")
+        .to_string();
+    assert!(err.contains("amqps://"), "{err}");
+    // The same port over amqp:// is fine: the broker is up.
+    let conn = broker::connect(&plain, "tls-test").await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
+}
