@@ -121,15 +121,21 @@ pub async fn connect_with(
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
     let tls_scheme = uri.scheme == AMQPScheme::AMQPS;
+    let limit = uri
+        .query
+        .connection_timeout
+        .map(Duration::from_millis)
+        .unwrap_or(CONNECT_TIMEOUT);
     let runtime = lapin::runtime::default_runtime()
         .map_err(|error| ConnectError::Amqp { error, hint: "" })?;
     let connecting = Connection::connect_uri_with_config(uri, props, tls.lapin_config(), runtime);
-    // lapin sets no limit: a handshake that the other end never answers would hang.
-    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+    // lapin applies no limit (not even the URL's `connection_timeout`): a handshake that
+    // the other end never answers would hang.
+    match tokio::time::timeout(limit, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(ConnectError::new(source, tls_scheme)),
         Err(_) => Err(ConnectError::TimedOut {
-            limit: CONNECT_TIMEOUT,
+            limit,
             hint: hint(tls_scheme),
         }),
     }

@@ -62,7 +62,7 @@ impl Application {
     /// Binds `config.listen` and starts connecting to the broker (readiness follows within
     /// moments when the broker is up). `store` is where status and release checks read.
     pub async fn build(config: Config, store: Arc<dyn SlotStore>) -> anyhow::Result<Application> {
-        let tls = config.broker_tls()?;
+        let broker_tls = config.broker_tls()?;
         let https = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
             _ => None,
@@ -77,7 +77,7 @@ impl Application {
         let link = link::start(
             connection::LinkConfig {
                 amqp_url: config.broker_url(),
-                tls,
+                tls: broker_tls,
                 names: config.names(),
                 pools: config.pools.iter().map(|p| p.name.clone()).collect(),
             },
