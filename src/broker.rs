@@ -1,14 +1,17 @@
 //! Shared RabbitMQ plumbing: connecting, declaring the topology with the same arguments
 //! everywhere (DESIGN §3) and dead-lettering refused messages.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 use tokio_util::sync::CancellationToken;
 
@@ -30,21 +33,149 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 /// its standby waits. RabbitMQ's own default is 60 s.
 pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
+/// How long opening a connection may take (TCP, TLS and the AMQP handshake), unless the
+/// URL sets `connection_timeout` (milliseconds).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The longest pause between two tries to reach the broker again after losing it: a process
 /// is back within about this long after the broker accepts connections again.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
-/// Opens one connection named `name` (shown in the management UI).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
-    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
-    match url.parse::<AMQPUri>() {
-        Ok(mut uri) => {
-            uri.query.frame_max.get_or_insert(FRAME_MAX);
-            uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
-            Connection::connect_uri(uri, props).await
+/// How `amqps://` connections check the broker's certificate: against the system's roots,
+/// and the CA certificates of `amqp_ca_file` when one is configured. `amqp://` URLs ignore
+/// it, so one setting serves a list of URLs of either scheme. The scheme decides: an
+/// `amqps://` URL never falls back to plain text.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerTls {
+    /// PEM text of the extra CA certificates.
+    ca_pem: Option<Arc<str>>,
+}
+
+/// Why a CA file was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("cannot read the CA file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NoCertificate { path: PathBuf },
+}
+
+impl BrokerTls {
+    /// The system's roots only.
+    pub fn system_roots() -> BrokerTls {
+        BrokerTls::default()
+    }
+
+    /// The system's roots and the CA certificates (PEM) of `path`, read now: a missing or
+    /// empty file is an error at start, not at the first connection.
+    pub fn with_ca_file(path: &Path) -> Result<BrokerTls, CaFileError> {
+        let pem = std::fs::read_to_string(path).map_err(|source| CaFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(CaFileError::NoCertificate {
+                path: path.to_owned(),
+            });
         }
+        Ok(BrokerTls {
+            ca_pem: Some(pem.into()),
+        })
+    }
+
+    fn lapin_config(&self) -> OwnedTLSConfig {
+        OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_pem.as_deref().map(str::to_owned),
+        }
+    }
+}
+
+/// Opens one connection named `name` (shown in the management UI), checking an `amqps://`
+/// broker against the system's roots only. See [`connect_with`].
+pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    connect_with(url, &BrokerTls::system_roots(), name).await
+}
+
+/// Opens one connection named `name` (shown in the management UI): TLS for `amqps://`
+/// (certificate checked as `tls` says), plain TCP for `amqp://`. Every connection of berth
+/// (assigner, workers, `berth events`, bench, tests) is opened here.
+pub async fn connect_with(
+    url: &str,
+    tls: &BrokerTls,
+    name: &str,
+) -> Result<Connection, ConnectError> {
+    let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
+    let mut uri = match url.parse::<AMQPUri>() {
+        Ok(uri) => uri,
         // lapin says what is wrong with it.
-        Err(_) => Connection::connect(url, props).await,
+        Err(_) => {
+            return Connection::connect(url, props)
+                .await
+                .map_err(|error| ConnectError::Amqp { error, hint: "" });
+        }
+    };
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+    let tls_scheme = uri.scheme == AMQPScheme::AMQPS;
+    let limit = uri
+        .query
+        .connection_timeout
+        .map(Duration::from_millis)
+        .unwrap_or(CONNECT_TIMEOUT);
+    let runtime = lapin::runtime::default_runtime()
+        .map_err(|error| ConnectError::Amqp { error, hint: "" })?;
+    let connecting = Connection::connect_uri_with_config(uri, props, tls.lapin_config(), runtime);
+    // lapin applies no limit (not even the URL's `connection_timeout`): a handshake that
+    // the other end never answers would hang.
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(source)) => Err(ConnectError::new(source, tls_scheme)),
+        Err(_) => Err(ConnectError::TimedOut {
+            limit,
+            hint: hint(tls_scheme),
+        }),
+    }
+}
+
+/// Why a connection to the broker could not be opened. Never holds the URL (which may hold
+/// a password).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `error` is not a `source`: its text is already in this one's.
+    #[error("{error}{hint}")]
+    Amqp {
+        error: lapin::Error,
+        hint: &'static str,
+    },
+    #[error("no AMQP handshake within {limit:?}{hint}")]
+    TimedOut { limit: Duration, hint: &'static str },
+}
+
+impl ConnectError {
+    fn new(error: lapin::Error, tls_scheme: bool) -> ConnectError {
+        let hint = match error.kind() {
+            // The broker hung up before the AMQP handshake: a TLS port reading our plain
+            // protocol header, most often.
+            lapin::ErrorKind::IOError(_)
+            | lapin::ErrorKind::ParsingError(_)
+            | lapin::ErrorKind::InvalidConnectionState(_)
+            | lapin::ErrorKind::InvalidProtocolVersion(_) => hint(tls_scheme),
+            _ => "",
+        };
+        ConnectError::Amqp { error, hint }
+    }
+}
+
+/// What an interrupted handshake most likely means, given the URL's scheme.
+fn hint(tls_scheme: bool) -> &'static str {
+    if tls_scheme {
+        " (amqps:// URL: TLS failed; is this port a TLS listener, and does the broker's certificate verify against the system roots or amqp_ca_file?)"
+    } else {
+        " (amqp:// URL: if this port is a TLS listener, use amqps://)"
     }
 }
 
@@ -52,12 +183,13 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
 /// Each failure is logged without the URL, which may hold a password.
 pub async fn connect_with_backoff(
     url: &str,
+    tls: &BrokerTls,
     name: &str,
     cancel: &CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
     loop {
-        match connect(url, name).await {
+        match connect_with(url, tls, name).await {
             Ok(conn) => return Some(conn),
             Err(err) => {
                 let delay = backoff.next_delay();
@@ -95,12 +227,43 @@ async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::E
         .await
 }
 
-/// Declares the events exchange and the dead-letter queue.
+/// The arguments the dead-letter queue is declared with, the same everywhere: bounded by
+/// `x-max-length`, the oldest message dropped first.
+pub fn dead_letter_arguments(names: &Names) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::try_from(names.dead_letter_max_length()).unwrap_or(i64::MAX)),
+    );
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("drop-head".into()),
+    );
+    arguments
+}
+
+/// Declares the events exchange and the dead-letter queue. A dead-letter queue that exists
+/// with another bound (`dead_letter_max_length` changed) is refused by the broker: the error
+/// is logged with what to run, and returned.
 pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
     declare_events(channel, names).await?;
-    channel
-        .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
-        .await?;
+    let queue = names.dead_queue();
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            durable(),
+            dead_letter_arguments(names),
+        )
+        .await;
+    if let Err(err) = &declared
+        && err.to_string().contains("PRECONDITION_FAILED")
+    {
+        tracing::error!(error = %err, queue = %queue,
+            max_length = names.dead_letter_max_length(),
+            "the dead-letter queue exists with another x-max-length; set dead_letter_max_length \
+             back, or read what it holds and run `rabbitmqctl delete_queue {queue}`");
+    }
+    declared?;
     Ok(())
 }
 
@@ -216,12 +379,13 @@ pub async fn dead_letter(
         .clone()
         .with_headers(headers)
         .with_delivery_mode(PERSISTENT);
+    let body = scrub_lease_tokens(&delivery.data);
     channel
         .basic_publish(
             ShortString::from(""),
             names.dead_queue().into(),
             BasicPublishOptions::default(),
-            &delivery.data,
+            &body,
             properties,
         )
         .await?
@@ -233,6 +397,67 @@ pub async fn dead_letter(
         "refused a message; moved it to the dead-letter queue"
     );
     Ok(())
+}
+
+/// `body` with the value of every `"lease_token": "…"` replaced by `sha256:<hex>` of it, as
+/// the slot record's `lease_sha256` holds it: a dead-lettered copy shows which lease it was
+/// about, and gives no one the lease. Found in the text, so a body that is not valid JSON
+/// (one reason for refusing it) is scrubbed too.
+pub fn scrub_lease_tokens(body: &[u8]) -> Vec<u8> {
+    const KEY: &[u8] = b"\"lease_token\"";
+    let mut out = Vec::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(at) = find(rest, KEY) {
+        let (before, after) = rest.split_at(at + KEY.len());
+        out.extend_from_slice(before);
+        // `: "value"`, with any blanks around the colon.
+        let colon = after.iter().position(|b| !b.is_ascii_whitespace());
+        let Some(colon) = colon.filter(|&i| after[i] == b':') else {
+            rest = after;
+            continue;
+        };
+        let open = after[colon + 1..]
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|i| colon + 1 + i);
+        let Some(open) = open.filter(|&i| after[i] == b'"') else {
+            rest = after;
+            continue;
+        };
+        // The closing quote: the first one not escaped (a token is hex, but a refused body
+        // may hold anything).
+        let mut close = None;
+        let mut i = open + 1;
+        while i < after.len() {
+            match after[i] {
+                b'\\' => i += 2,
+                b'"' => {
+                    close = Some(i);
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = close.unwrap_or(after.len());
+        let token = String::from_utf8_lossy(&after[open + 1..end.min(after.len())]);
+        out.extend_from_slice(&after[..=open]);
+        out.extend_from_slice(format!("sha256:{}", crate::lease::token_hash(&token)).as_bytes());
+        match close {
+            Some(close) => rest = &after[close..],
+            None => {
+                out.push(b'"');
+                rest = &[];
+            }
+        }
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 /// Declares a server-named, exclusive, auto-delete queue and consumes it without acks: the
@@ -267,6 +492,48 @@ pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_tokens_leave_a_dead_letter_only_as_their_hash() {
+        let hash = crate::lease::token_hash("abc123");
+        let scrub = |body: &str| String::from_utf8(scrub_lease_tokens(body.as_bytes())).unwrap();
+        assert_eq!(
+            scrub(r#"{"v":1,"kind":"release","lease_token":"abc123"}"#),
+            format!(r#"{{"v":1,"kind":"release","lease_token":"sha256:{hash}"}}"#)
+        );
+        // Spaced, among others, and in a body that is not valid JSON.
+        let scrubbed = scrub(
+            r#"{"v":9, "lease_token" : "abc123", "x": "lease_token", "lease_token":"abc123""#,
+        );
+        assert!(!scrubbed.contains("\"abc123"), "{scrubbed}");
+        assert_eq!(scrubbed.matches(&hash).count(), 2, "{scrubbed}");
+        // Unterminated: the rest is the token, and is hashed.
+        let scrubbed = scrub(r#"{"lease_token":"abc123"#);
+        assert_eq!(scrubbed, format!(r#"{{"lease_token":"sha256:{hash}""#));
+        // Nothing to scrub: unchanged.
+        for body in [
+            r#"{"v":1,"kind":"enable"}"#,
+            "not json",
+            r#"{"lease_token":5}"#,
+            "",
+        ] {
+            assert_eq!(scrub(body), body);
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_queue_is_bounded() {
+        let names = Names::new("ns").with_dead_letter_max_length(50);
+        assert_eq!(names.dead_queue(), "ns.dead.v2");
+        let arguments = dead_letter_arguments(&names);
+        let inner = arguments.inner();
+        let get = |key: &str| inner.get(&ShortString::from(key)).cloned();
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(50)));
+        assert_eq!(
+            get("x-overflow"),
+            Some(AMQPValue::LongString("drop-head".into()))
+        );
+    }
 
     #[test]
     fn the_history_stream_is_declared_with_its_retention() {

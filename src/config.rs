@@ -16,8 +16,12 @@ pub const DEFAULT_NAMESPACE: &str = "berth";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// AMQP URL of the broker (`BERTH_AMQP_URL`).
+    /// AMQP URL of the broker (`BERTH_AMQP_URL`). `amqps://` connects with TLS and checks
+    /// the broker's certificate against the system's roots and `amqp_ca_file`.
     pub amqp_url: String,
+    /// PEM file of CA certificates that an `amqps://` broker's certificate may chain to,
+    /// besides the system's roots (`BERTH_AMQP_CA_FILE`).
+    pub amqp_ca_file: Option<PathBuf>,
     /// AMQP heartbeat in seconds, unless the URL sets `?heartbeat=`: a stalled or cut-off
     /// process loses its connection, and a slot worker its slot lock, after about two.
     pub heartbeat_secs: u16,
@@ -25,6 +29,11 @@ pub struct Config {
     pub namespace: String,
     /// Where the assigner listens (`BERTH_LISTEN`).
     pub listen: SocketAddr,
+    /// PEM certificate chain of the assigner: with `tls_key`, it serves HTTPS instead of
+    /// HTTP (`BERTH_TLS_CERT`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`; refused when others may read it (`BERTH_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
     /// Start and watch one `berth-worker` process per configured slot.
     pub supervise: bool,
     /// Lease given when a client names none.
@@ -47,6 +56,10 @@ pub struct Config {
     pub history_max_bytes: u64,
     /// Who may ask the assigner, and how much (DESIGN §4 "Clients and roles").
     pub auth: crate::access::AuthConfig,
+    /// The most messages the dead-letter queue `<ns>.dead.v2` keeps (`x-max-length`; the
+    /// oldest go first). Set it alike everywhere: an existing queue keeps the bound it was
+    /// declared with, and a declare with another one is refused (the log says what to run).
+    pub dead_letter_max_length: u64,
     pub store: StoreConfig,
     pub worker: WorkerConfig,
     /// The pools and their slots.
@@ -102,9 +115,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_ca_file: None,
             heartbeat_secs: crate::broker::DEFAULT_HEARTBEAT_SECS,
             namespace: DEFAULT_NAMESPACE.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tls_cert: None,
+            tls_key: None,
             supervise: false,
             default_lease_secs: 3600,
             min_lease_secs: 30,
@@ -114,6 +130,7 @@ impl Default for Config {
             history_max_age: crate::protocol::DEFAULT_HISTORY_MAX_AGE.into(),
             history_max_bytes: crate::protocol::DEFAULT_HISTORY_MAX_BYTES,
             auth: crate::access::AuthConfig::default(),
+            dead_letter_max_length: crate::protocol::DEFAULT_DEAD_LETTER_MAX_LENGTH,
             store: StoreConfig::default(),
             worker: WorkerConfig::default(),
             pools: Vec::new(),
@@ -223,6 +240,17 @@ impl Config {
                 "must be an http:// or https:// URL",
             );
         }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid(
+                if self.tls_cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                }
+                .into(),
+                "tls_cert and tls_key go together (HTTPS needs both)",
+            );
+        }
         if self.store.owner.is_empty() {
             return invalid(
                 "store.owner".into(),
@@ -260,6 +288,12 @@ impl Config {
         }
         if self.history_max_bytes == 0 {
             return invalid("history_max_bytes".into(), "must be at least 1");
+        }
+        if self.dead_letter_max_length == 0 || i64::try_from(self.dead_letter_max_length).is_err() {
+            return invalid(
+                "dead_letter_max_length".into(),
+                "must be between 1 and 2^63 - 1",
+            );
         }
         if self.default_wait_secs > self.max_wait_secs {
             return invalid("default_wait_secs".into(), "must not exceed max_wait_secs");
@@ -359,10 +393,26 @@ impl Config {
         format!("{url}{joint}heartbeat={}", self.heartbeat_secs)
     }
 
+    /// How `amqps://` connections check the broker: the system's roots and `amqp_ca_file`,
+    /// read now (a missing or empty CA file is refused at start).
+    pub fn broker_tls(&self) -> Result<crate::broker::BrokerTls, ConfigError> {
+        match &self.amqp_ca_file {
+            None => Ok(crate::broker::BrokerTls::system_roots()),
+            Some(path) => {
+                crate::broker::BrokerTls::with_ca_file(path).map_err(|err| ConfigError::Invalid {
+                    path: None,
+                    key: "amqp_ca_file".into(),
+                    message: err.to_string(),
+                })
+            }
+        }
+    }
+
     /// The names object for this deployment's namespace.
     pub fn names(&self) -> crate::protocol::Names {
         crate::protocol::Names::new(self.namespace.clone())
             .with_history(self.history_max_age.clone(), self.history_max_bytes)
+            .with_dead_letter_max_length(self.dead_letter_max_length)
     }
 
     /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.
@@ -539,14 +589,18 @@ pub struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long, env = "BERTH_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// AMQP URL of the RabbitMQ broker.
-    #[arg(long, env = "BERTH_AMQP_URL", global = true)]
+    /// AMQP URL of the RabbitMQ broker (`amqps://` for TLS). Its password is never shown.
+    #[arg(long, env = "BERTH_AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// PEM file of CA certificates an `amqps://` broker's certificate may chain to (besides
+    /// the system's roots).
+    #[arg(long, env = "BERTH_AMQP_CA_FILE", global = true)]
+    pub amqp_ca_file: Option<PathBuf>,
     /// Prefix of every queue and exchange name; lets several deployments share a broker.
     #[arg(long, env = "BERTH_NAMESPACE", global = true)]
     pub namespace: Option<String>,
     /// Root URL of the Launchpad web service (without the `devel/` version).
-    #[arg(long, env = "BERTH_STORE_URL", global = true)]
+    #[arg(long, env = "BERTH_STORE_URL", global = true, hide_env_values = true)]
     pub store_url: Option<String>,
     /// Launchpad person or team owning the PPAs.
     #[arg(long, env = "BERTH_STORE_OWNER", global = true)]
@@ -576,6 +630,9 @@ impl ConfigArgs {
     pub fn apply(&self, config: &mut Config) {
         if let Some(v) = &self.amqp_url {
             config.amqp_url = v.clone();
+        }
+        if let Some(v) = &self.amqp_ca_file {
+            config.amqp_ca_file = Some(v.clone());
         }
         if let Some(v) = &self.namespace {
             config.namespace = v.clone();

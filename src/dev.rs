@@ -106,7 +106,7 @@ fn write_config(
 ) -> anyhow::Result<(Config, PathBuf, Option<DevTokens>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let credentials = dir.join("credentials");
-    std::fs::write(
+    crate::secret_file::write_secret_file(
         &credentials,
         "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = dev-token\naccess_secret = dev-secret\n",
     )?;

@@ -20,6 +20,8 @@ pub mod fake;
 pub mod lease;
 pub mod protocol;
 pub mod record;
+pub mod redact;
+pub mod secret_file;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -20,14 +20,19 @@ pub const DEFAULT_HISTORY_MAX_AGE: &str = "30D";
 /// The default size cap of the history stream (`history_max_bytes`, `x-max-length-bytes`).
 pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 1_000_000_000;
 
+/// The default bound of the dead-letter queue (`dead_letter_max_length`, `x-max-length`):
+/// past it, the oldest refused message is dropped for the newest.
+pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 10_000;
+
 /// The names of one deployment's AMQP objects, all under one namespace, and the arguments
-/// of the one object whose declaration needs settings: the history stream. Every process
-/// declares it with these (DESIGN §3), so they travel with the names.
+/// of the objects whose declaration needs settings: the history stream and the dead-letter
+/// queue. Every process declares them with these (DESIGN §3), so they travel with the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
     history_max_age: String,
     history_max_bytes: u64,
+    dead_letter_max_length: u64,
 }
 
 impl Names {
@@ -36,7 +41,19 @@ impl Names {
             namespace: namespace.into(),
             history_max_age: DEFAULT_HISTORY_MAX_AGE.to_owned(),
             history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH,
         }
+    }
+
+    /// These names with the dead-letter queue's bound (`x-max-length`).
+    pub fn with_dead_letter_max_length(mut self, max_length: u64) -> Self {
+        self.dead_letter_max_length = max_length;
+        self
+    }
+
+    /// The dead-letter queue's `x-max-length`.
+    pub fn dead_letter_max_length(&self) -> u64 {
+        self.dead_letter_max_length
     }
 
     /// These names with the history stream's retention (`x-max-age`, `x-max-length-bytes`).
@@ -80,8 +97,16 @@ impl Names {
         format!("{}.events", self.namespace)
     }
 
-    /// `<ns>.dead`: where rejected messages go, with the reason in a header.
+    /// `<ns>.dead.v2`: where rejected messages go, with the reason in a header; bounded by
+    /// `x-max-length`. The `v2` because queue arguments cannot change on an existing queue:
+    /// `<ns>.dead` of berth before the bound is left alone ([`Names::legacy_dead_queue`]).
     pub fn dead_queue(&self) -> String {
+        format!("{}.dead.v2", self.namespace)
+    }
+
+    /// `<ns>.dead`: the unbounded dead-letter queue of berth before `dead.v2`; nothing
+    /// writes to it any more (the upgrade note says how to drain and delete it).
+    pub fn legacy_dead_queue(&self) -> String {
         format!("{}.dead", self.namespace)
     }
 }

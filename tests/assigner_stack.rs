@@ -32,7 +32,7 @@ async fn real_workers_over_the_fake_launchpad() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let credentials = dir.path().join("credentials");
-    std::fs::write(
+    berth::secret_file::write_secret_file(
         &credentials,
         "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = t\naccess_secret = s\n",
     )

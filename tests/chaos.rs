@@ -766,7 +766,7 @@ async fn invariants_hold_under_faults() {
     let dir = std::env::temp_dir().join(format!("berth-chaos-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let credentials = dir.join("launchpad.credentials");
-    std::fs::write(
+    berth::secret_file::write_secret_file(
         &credentials,
         "[1]\nconsumer_key = berth-chaos\nconsumer_secret =\naccess_token = chaos-token\naccess_secret = chaos-secret\n",
     )

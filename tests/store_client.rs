@@ -759,3 +759,46 @@ async fn from_config_reads_the_credentials_file() {
 
     assert_oauth(&requests(&server).await[0], &format!("%26{SECRET}"));
 }
+
+#[test]
+fn a_plain_http_store_root_is_refused_unless_it_is_loopback() {
+    let open = |root: &str| LaunchpadStore::new(root, "devel", OWNER, None, Duration::from_secs(1));
+    for root in [
+        "http://127.0.0.1:8081/",
+        "http://localhost:8081/",
+        "http://[::1]:8081/",
+        "https://api.launchpad.net/",
+    ] {
+        open(root).unwrap_or_else(|e| panic!("{root}: {e}"));
+    }
+    for root in [
+        "http://api.launchpad.net/",
+        "http://10.0.0.5:8081/",
+        "http://user:secretpw@lp.example/",
+    ] {
+        let err = open(root).unwrap_err().to_string();
+        assert!(
+            err.contains("use https://") && err.contains("not loopback"),
+            "{root}: {err}"
+        );
+        assert!(!err.contains("secretpw"), "{err}");
+    }
+}
+
+#[test]
+fn a_credentials_file_open_to_others_is_refused_with_the_chmod_to_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let file = temp_file(&format!(
+        "[1]\nconsumer_key = berth\nconsumer_secret = \naccess_token = {TOKEN}\naccess_secret = {SECRET}\n"
+    ));
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let err = Credentials::from_file(file.path()).unwrap_err().to_string();
+
+    let shown = file.path().display();
+    assert!(
+        err.contains(&format!("{shown}")) && err.contains(&format!("chmod 600 {shown}")),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET) && !err.contains(TOKEN), "{err}");
+}

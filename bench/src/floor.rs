@@ -55,12 +55,14 @@ struct Server {
 impl Floor {
     pub(crate) async fn start(
         amqp_url: &str,
+        tls: &berth::broker::BrokerTls,
         queue: String,
         target: Target,
     ) -> anyhow::Result<Floor> {
         let cancel = CancellationToken::new();
         // The consumer side.
-        let consumer = berth::broker::connect(amqp_url, "berth-bench-floor-consumer").await?;
+        let consumer =
+            berth::broker::connect_with(amqp_url, tls, "berth-bench-floor-consumer").await?;
         let channel = consumer.create_channel().await?;
         channel
             .queue_declare(
@@ -88,7 +90,7 @@ impl Floor {
         ));
 
         // The HTTP side.
-        let server = berth::broker::connect(amqp_url, "berth-bench-floor-server").await?;
+        let server = berth::broker::connect_with(amqp_url, tls, "berth-bench-floor-server").await?;
         let channel = server.create_channel().await?;
         let (reply, replies) = berth::broker::private_queue(&channel).await?;
         let state = Arc::new(Server {

@@ -36,6 +36,8 @@ use stack::{Pools, Stack, rss_mib};
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub amqp_url: String,
+    /// CA certificates of an `amqps://` broker, besides the system's roots.
+    pub amqp_ca_file: Option<PathBuf>,
     /// Where `berth` and `berth-worker` are (by default, next to `berth-bench`).
     pub bin_dir: PathBuf,
     /// Length of each latency phase.
@@ -61,8 +63,19 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
         scale_base: options.scale_base_slots.max(1),
         scale: options.scale_slots.max(1),
     };
-    let stack = Stack::start(&options.amqp_url, &namespace, &pools, &options.bin_dir).await?;
-    let connection = berth::broker::connect(&options.amqp_url, "berth-bench")
+    let tls = match &options.amqp_ca_file {
+        Some(path) => berth::broker::BrokerTls::with_ca_file(path)?,
+        None => berth::broker::BrokerTls::system_roots(),
+    };
+    let stack = Stack::start(
+        &options.amqp_url,
+        options.amqp_ca_file.as_deref(),
+        &namespace,
+        &pools,
+        &options.bin_dir,
+    )
+    .await?;
+    let connection = berth::broker::connect_with(&options.amqp_url, &tls, "berth-bench")
         .await
         .context("cannot connect to the broker")?;
     eprintln!(
@@ -111,7 +124,13 @@ async fn measure_all(
         )?
         .signer(),
     };
-    let floor = floor::Floor::start(&options.amqp_url, floor_queue, target).await?;
+    let floor = floor::Floor::start(
+        &options.amqp_url,
+        &stack.config.broker_tls()?,
+        floor_queue,
+        target,
+    )
+    .await?;
     let url = format!("http://{}/floor", floor.addr);
     eprintln!("berth-bench: starting the assigner and the PPA workers");
     let mut assigner = stack.assigner()?;

@@ -16,6 +16,10 @@ struct Args {
     /// AMQP URL of the RabbitMQ broker.
     #[arg(long, env = "BERTH_AMQP_URL", default_value = berth::config::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
+    /// PEM file of CA certificates an `amqps://` broker's certificate may chain to (besides
+    /// the system's roots).
+    #[arg(long, env = "BERTH_AMQP_CA_FILE")]
+    amqp_ca_file: Option<PathBuf>,
     /// Directory of the `berth` and `berth-worker` binaries (default: next to this one).
     #[arg(long, env = "BERTH_BENCH_BIN_DIR")]
     bin_dir: Option<PathBuf>,
@@ -70,6 +74,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let report = berth_bench::run(BenchOptions {
         amqp_url: args.amqp_url,
+        amqp_ca_file: args.amqp_ca_file,
         bin_dir,
         phase: Duration::from_secs_f64(args.phase_secs),
         cycle: Duration::from_secs_f64(args.cycle_secs),

@@ -123,6 +123,7 @@ pub(crate) struct Stack {
 impl Stack {
     pub(crate) async fn start(
         amqp_url: &str,
+        amqp_ca_file: Option<&Path>,
         namespace: &str,
         pools: &Pools,
         bin_dir: &Path,
@@ -146,13 +147,14 @@ impl Stack {
         let dir = std::env::temp_dir().join(format!("berth-bench-{namespace}"));
         std::fs::create_dir_all(&dir)?;
         let credentials = dir.join("credentials");
-        std::fs::write(
+        berth::secret_file::write_secret_file(
             &credentials,
             "[1]\nconsumer_key = berth-bench\nconsumer_secret =\naccess_token = bench-token\naccess_secret = bench-secret\n",
         )?;
         let listen = free_port()?;
         let mut config = Config {
             amqp_url: amqp_url.to_owned(),
+            amqp_ca_file: amqp_ca_file.map(Path::to_path_buf),
             namespace: namespace.to_owned(),
             listen,
             pools: pools.config(),

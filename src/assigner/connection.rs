@@ -176,6 +176,7 @@ impl Connected {
 /// What the connection loop needs.
 pub(crate) struct LinkConfig {
     pub(crate) amqp_url: String,
+    pub(crate) tls: broker::BrokerTls,
     pub(crate) names: Names,
     pub(crate) pools: Vec<String>,
 }
@@ -200,7 +201,8 @@ pub(crate) async fn connection_loop(
             config.names.namespace(),
             std::process::id()
         );
-        let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &name, &cancel).await
+        let Some(connection) =
+            broker::connect_with_backoff(&config.amqp_url, &config.tls, &name, &cancel).await
         else {
             break;
         };

@@ -20,6 +20,7 @@ mod quota;
 mod routes;
 mod status;
 pub mod supervise;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub(crate) struct AppState {
 /// A built assigner: listening, connecting to the broker, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    /// HTTPS when `tls_cert` and `tls_key` are configured.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     addr: SocketAddr,
     state: Arc<AppState>,
     tracker: TaskTracker,
@@ -64,7 +67,12 @@ pub struct Application {
 impl Application {
     /// Binds `config.listen` and starts connecting to the broker (readiness follows within
     /// moments when the broker is up). `store` is where status and release checks read.
-    pub async fn build(config: Config, store: Arc<dyn SlotStore>) -> std::io::Result<Application> {
+    pub async fn build(config: Config, store: Arc<dyn SlotStore>) -> anyhow::Result<Application> {
+        let broker_tls = config.broker_tls()?;
+        let https = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            _ => None,
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         let config = Arc::new(config);
@@ -75,6 +83,7 @@ impl Application {
         let link = link::start(
             connection::LinkConfig {
                 amqp_url: config.broker_url(),
+                tls: broker_tls,
                 names: config.names(),
                 pools: config.pools.iter().map(|p| p.name.clone()).collect(),
             },
@@ -95,6 +104,7 @@ impl Application {
         });
         Ok(Application {
             listener,
+            tls: https,
             addr,
             state,
             tracker,
@@ -117,13 +127,30 @@ impl Application {
     pub async fn run_until(self, cancel: CancellationToken) -> std::io::Result<()> {
         let shutdown = self.state.shutdown.clone();
         let router = routes::router(Arc::clone(&self.state));
-        tracing::info!(addr = %self.addr, "assigner listening");
-        let serve = axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move {
-                cancel.cancelled().await;
-                shutdown.cancel();
-            })
-            .into_future();
+        let stopping = async move {
+            cancel.cancelled().await;
+            shutdown.cancel();
+        };
+        let serve: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                None => {
+                    tracing::info!(addr = %self.addr, "assigner listening (HTTP)");
+                    Box::pin(
+                        axum::serve(self.listener, router)
+                            .with_graceful_shutdown(stopping)
+                            .into_future(),
+                    )
+                }
+                Some(acceptor) => {
+                    tracing::info!(addr = %self.addr, "assigner listening (HTTPS)");
+                    let listener = tls::TlsListener::new(self.listener, acceptor)?;
+                    Box::pin(
+                        axum::serve(listener, router)
+                            .with_graceful_shutdown(stopping)
+                            .into_future(),
+                    )
+                }
+            };
         let drained = {
             let shutdown = self.state.shutdown.clone();
             tokio::pin!(serve);
@@ -159,6 +186,12 @@ pub struct AssignerArgs {
     /// Start and watch one `berth-worker` process per configured slot.
     #[arg(long, env = "BERTH_SUPERVISE")]
     pub supervise: bool,
+    /// PEM certificate chain: with --tls-key, serve HTTPS (overrides `tls_cert`).
+    #[arg(long, env = "BERTH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert, readable by its owner only (overrides `tls_key`).
+    #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Runs `berth assigner` until SIGINT or SIGTERM.
@@ -168,6 +201,10 @@ pub async fn run_cli(args: AssignerArgs) -> anyhow::Result<ExitCode> {
         config.listen = listen;
     }
     config.supervise |= args.supervise;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls_cert = Some(cert);
+        config.tls_key = Some(key);
+    }
     let cancel = crate::shutdown::signal();
     serve(config, args.config.config.clone(), cancel).await?;
     Ok(ExitCode::SUCCESS)

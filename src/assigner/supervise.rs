@@ -71,6 +71,9 @@ impl Supervisor {
                     .env_remove("BERTH_FAKE")
                     .stdin(Stdio::null())
                     .kill_on_drop(true);
+                if let Some(ca_file) = &config.amqp_ca_file {
+                    command.env("BERTH_AMQP_CA_FILE", ca_file);
+                }
                 if let Some(credentials) = &config.store.credentials_file {
                     command.env("BERTH_CREDENTIALS", credentials);
                 }

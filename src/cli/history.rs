@@ -96,7 +96,9 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let names = config.names();
     let cancel = crate::shutdown::signal();
-    let connection = crate::broker::connect(&config.broker_url(), "berth-events").await?;
+    let connection =
+        crate::broker::connect_with(&config.broker_url(), &config.broker_tls()?, "berth-events")
+            .await?;
     let channel = connection.create_channel().await?;
     crate::broker::declare_common(&channel, &names).await?;
     let (queue, mut consumer) = crate::broker::private_queue(&channel).await?;

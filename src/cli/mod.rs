@@ -29,7 +29,12 @@ pub use token::{TokenArgs, token};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Base URL of the assigner.
-    #[arg(long, env = "BERTH_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "BERTH_URL",
+        default_value = "http://127.0.0.1:8080",
+        hide_env_values = true
+    )]
     pub url: String,
     /// How long to wait (seconds, or 30s, 5m, 1h): for `acquire` and `run`, for a free slot
     /// (default: the server's, 60 s); for every command, for an assigner that is restarting,
@@ -38,21 +43,28 @@ pub struct ClientArgs {
     pub wait: Option<u64>,
     /// A file holding the API token (for an assigner with `[auth] mode = "tokens"`); the
     /// token may also come in the environment variable BERTH_TOKEN, which this file overrides.
+    /// Like every secret file it must not be readable by group or others.
     #[arg(long, env = "BERTH_TOKEN_FILE")]
     pub token_file: Option<std::path::PathBuf>,
+    /// PEM file of CA certificates that an `https://` assigner's certificate may chain to
+    /// (besides the system's roots).
+    #[arg(long, env = "BERTH_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientArgs {
-    /// The client, retrying within `--wait` and saying so on stderr once per call, with the
-    /// API token of `--token-file` or `BERTH_TOKEN` when there is one.
+    /// The client, retrying within `--wait` and saying so on stderr once per call, trusting
+    /// `--ca-file` too, with the API token of `--token-file` or `BERTH_TOKEN` when there is one.
     pub fn client(&self) -> anyhow::Result<Client> {
         let budget = self
             .wait
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_RETRY_BUDGET);
-        let client = Client::new(&self.url)
-            .retry_for(budget)
-            .on_retry(say_retrying);
+        let client = match &self.ca_file {
+            Some(ca_file) => Client::with_ca_file(&self.url, ca_file)?,
+            None => Client::new(&self.url),
+        };
+        let client = client.retry_for(budget).on_retry(say_retrying);
         Ok(match self.token()? {
             Some(token) => client.with_token(&token),
             None => client,
@@ -62,9 +74,7 @@ impl ClientArgs {
     /// The API token: the first line of `--token-file`, else `BERTH_TOKEN`.
     fn token(&self) -> anyhow::Result<Option<String>> {
         if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|err| {
-                anyhow::anyhow!("cannot read the token file {}: {err}", path.display())
-            })?;
+            let text = crate::secret_file::read_secret_file(path)?;
             let token = text.lines().next().unwrap_or("").trim().to_owned();
             if token.is_empty() {
                 anyhow::bail!("the token file {} is empty", path.display());

@@ -18,6 +18,11 @@ pub enum ClientError {
         "cannot reach the assigner at {url}: {reason}; is it running (`berth dev` starts one)?"
     )]
     Unreachable { url: String, reason: String },
+    /// The assigner's TLS certificate was not trusted (or TLS failed on a certificate).
+    #[error(
+        "TLS with the assigner at {url} failed: {reason}; if its certificate is from a private CA, pass that CA with --ca-file (BERTH_CA_FILE)"
+    )]
+    Certificate { url: String, reason: String },
     /// The assigner answered something this client cannot read.
     #[error("unexpected answer from the assigner: {0}")]
     Unexpected(String),
@@ -31,7 +36,7 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } => matches!(status, 502..=504),
             ClientError::Unreachable { .. } => true,
-            ClientError::Unexpected(_) => false,
+            ClientError::Certificate { .. } | ClientError::Unexpected(_) => false,
         }
     }
 

@@ -104,7 +104,7 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("base", &crate::redact::redact_url(&self.base))
             .field("budget", &self.budget)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
@@ -112,13 +112,41 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of the assigner at `base` (`http://127.0.0.1:8080`).
+    /// A client of the assigner at `base` (`http://127.0.0.1:8080`, or `https://…` with a
+    /// certificate the system's roots accept).
     pub fn new(base: &str) -> Client {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
+        let http = Client::http_builder()
             .build()
             .expect("a default HTTP client builds");
+        Client::over(http, base)
+    }
+
+    /// A client of the assigner at `base` that also accepts a certificate chaining to the CA
+    /// certificates (PEM) of `ca_file` (`--ca-file`): an assigner serving HTTPS with a
+    /// private CA's certificate.
+    pub fn with_ca_file(base: &str, ca_file: &std::path::Path) -> Result<Client, ClientError> {
+        let bad = |reason: String| {
+            ClientError::Unexpected(format!("CA file {}: {reason}", ca_file.display()))
+        };
+        let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        let http = Client::http_builder()
+            .tls_certs_merge(certs)
+            .build()
+            .map_err(|e| bad(error_chain(&e)))?;
+        Ok(Client::over(http, base))
+    }
+
+    fn http_builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+    }
+
+    fn over(http: reqwest::Client, base: &str) -> Client {
         Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
@@ -364,9 +392,15 @@ impl Client {
             Some(token) => request.bearer_auth(token),
             None => request,
         };
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.to_owned(),
-            reason: error_chain(&e),
+        let response = request.send().await.map_err(|e| {
+            let url = crate::redact::redact_url(url);
+            let reason = crate::redact::scrub_urls(&error_chain(&e));
+            // rustls says `invalid peer certificate: …`: no retry makes it trusted.
+            if reason.contains("certificate") {
+                ClientError::Certificate { url, reason }
+            } else {
+                ClientError::Unreachable { url, reason }
+            }
         })?;
         if response.status().is_success() {
             return Ok(response);

@@ -54,6 +54,22 @@ pub enum SetupError {
     Store(#[from] StoreError),
 }
 
+/// Whether `root` may be used: `https://`, or `http://` to a loopback address (the fake
+/// Launchpad of `berth dev` and the tests).
+fn secure_enough(root: &Url) -> bool {
+    if root.scheme() == "https" {
+        return true;
+    }
+    let Some(host) = root.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl LaunchpadStore {
     /// A client of the service at `api_root` (`http://127.0.0.1:8081/`) in `api_version`
     /// (`devel`), for the PPAs of `owner`. Without credentials it can only read. Refuses a
@@ -71,11 +87,20 @@ impl LaunchpadStore {
             "" => format!("{}/", api_root.trim_end_matches('/')),
             _ => format!("{}/{version}/", api_root.trim_end_matches('/')),
         };
-        let root = Url::parse(&root)
-            .map_err(|e| refuse(format!("invalid store URL {api_root:?}: {e}")))?;
+        let root = Url::parse(&root).map_err(|e| {
+            let shown = crate::redact::redact_url(api_root);
+            refuse(format!("invalid store URL {shown:?}: {e}"))
+        })?;
         if !matches!(root.scheme(), "http" | "https") || root.cannot_be_a_base() {
+            let shown = crate::redact::redact_url(api_root);
+            return Err(refuse(format!("store URL {shown:?} is not an http(s) URL")));
+        }
+        if !secure_enough(&root) {
             return Err(refuse(format!(
-                "store URL {api_root:?} is not an http(s) URL"
+                "store URL {} is plain http:// to a host that is not loopback: the signed \
+                 requests and the records would cross the network in clear; use https:// \
+                 (http:// is for 127.0.0.1, ::1 and localhost only)",
+                crate::redact::redact_url(api_root)
             )));
         }
         if owner.is_empty() {

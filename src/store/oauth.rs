@@ -38,11 +38,9 @@ impl fmt::Debug for Credentials {
 /// Why a credentials file was refused. Names the file and the key, never a value.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
-    #[error("cannot read credentials file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// Unreadable, or readable by others than its owner.
+    #[error("credentials file: {0}")]
+    File(#[from] crate::secret_file::SecretFileError),
     #[error(
         "credentials file {}: no [1] section (expected launchpadlib's credentials format)",
         path.display()
@@ -61,12 +59,10 @@ pub enum CredentialsError {
 
 impl Credentials {
     /// Reads a launchpadlib credentials file (INI, section `[1]`, keys `consumer_key`,
-    /// `consumer_secret`, `access_token`, `access_secret`).
+    /// `consumer_secret`, `access_token`, `access_secret`); refuses one that the group or
+    /// others may read ([`crate::secret_file::read_secret_file`]).
     pub fn from_file(path: &Path) -> Result<Credentials, CredentialsError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CredentialsError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::secret_file::read_secret_file(path)?;
         Credentials::parse(&text).map_err(|e| e.at(path))
     }
 
@@ -215,7 +211,7 @@ impl CredentialsError {
     fn at(self, file: &Path) -> CredentialsError {
         let path = file.to_owned();
         match self {
-            CredentialsError::Read { source, .. } => CredentialsError::Read { path, source },
+            CredentialsError::File(err) => CredentialsError::File(err),
             CredentialsError::NoSection { .. } => CredentialsError::NoSection { path },
             CredentialsError::MissingKey { key, .. } => CredentialsError::MissingKey { path, key },
             CredentialsError::EmptyKey { key, .. } => CredentialsError::EmptyKey { path, key },

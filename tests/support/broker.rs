@@ -18,12 +18,24 @@ pub struct PrivateBroker {
     name: String,
     pub port: u16,
     dist_port: u16,
+    /// The TLS listener's port, when started with [`PrivateBroker::start_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
 }
 
 impl PrivateBroker {
     /// Starts a fresh node and waits until it accepts connections.
     pub fn start() -> PrivateBroker {
+        PrivateBroker::start_with(None)
+    }
+
+    /// Starts a fresh node with, besides its plain port, a TLS listener (`tls_port`) that
+    /// presents `cert` / `key` (PEM; `ca` the chain's CA) and asks no client certificate.
+    pub fn start_tls(ca: &Path, cert: &Path, key: &Path) -> PrivateBroker {
+        PrivateBroker::start_with(Some((ca, cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path, &Path)>) -> PrivateBroker {
         let name = format!("berth-{}", uuid::Uuid::new_v4().simple());
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
@@ -34,8 +46,26 @@ impl PrivateBroker {
             name,
             port: free_port(),
             dist_port: free_port(),
+            tls_port: None,
             child: None,
         };
+        if let Some((ca, cert, key)) = tls {
+            let port = free_port();
+            // `RABBITMQ_CONFIG_FILE` names `<dir>/rabbitmq`: the node reads `rabbitmq.conf`.
+            let conf = format!(
+                "listeners.ssl.default = {port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
+            std::fs::write(broker.dir().join("rabbitmq.conf"), conf).unwrap();
+            broker.tls_port = Some(port);
+        }
         broker.launch();
         broker
     }
@@ -46,6 +76,12 @@ impl PrivateBroker {
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The `amqps://` URL of the TLS listener, by the name its certificate holds.
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("amqps://guest:guest@localhost:{port}/%2f")
     }
 
     fn launch(&mut self) {
@@ -79,7 +115,8 @@ impl PrivateBroker {
     fn wait_ready(&mut self, limit: Duration) {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let up = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if up(self.port) && self.tls_port.is_none_or(up) {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {

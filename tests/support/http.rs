@@ -44,7 +44,21 @@ pub async fn answer(response: reqwest::Response) -> Answer {
 
 /// Waits until `base/readyz` answers 200.
 pub async fn wait_ready(base: &str, within: Duration) {
-    let http = reqwest::Client::new();
+    wait_ready_with(&reqwest::Client::new(), base, within).await;
+}
+
+/// A client that also trusts the CA certificate (PEM) of `ca`, for an HTTPS assigner.
+pub fn https_client(ca: &std::path::Path) -> reqwest::Client {
+    let pem = std::fs::read(ca).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// [`wait_ready`] with `http`.
+pub async fn wait_ready_with(http: &reqwest::Client, base: &str, within: Duration) {
+    let http = http.clone();
     let url = format!("{base}/readyz");
     wait_for(&format!("{url} to answer 200"), within, || {
         let http = http.clone();

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod http;
 pub mod metrics;
 pub mod namespace;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod stack;

@@ -12,7 +12,6 @@ use tempfile::TempDir;
 use berth::config::Config;
 use berth::fake::{FakeConfig, FakeLaunchpad};
 
-use super::http::wait_ready;
 use super::namespace::{config, delete_queues};
 use super::process::{Proc, berth_bin, free_port, worker_bin};
 use berth_testkit::wait_for;
@@ -70,7 +69,7 @@ impl Stack {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let credentials = dir.path().join("credentials");
-        std::fs::write(
+        berth::secret_file::write_secret_file(
             &credentials,
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = t\naccess_secret = s\n",
         )
@@ -83,8 +82,13 @@ impl Stack {
         let file = dir.path().join("berth.toml");
         std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
         let workers = Some(spawn_workers(&file));
+        // HTTPS by the name the test's certificates hold (`support::pki`).
+        let base = match config.tls_cert {
+            Some(_) => format!("https://localhost:{}", config.listen.port()),
+            None => format!("http://{}", config.listen),
+        };
         let mut stack = Stack {
-            base: format!("http://{}", config.listen),
+            base,
             config,
             fake,
             dir,
@@ -150,7 +154,12 @@ impl Stack {
             .spawn()
             .expect("start berth assigner");
         self.assigner = Some(Proc(child));
-        wait_ready(&self.base, Duration::from_secs(15)).await;
+        let http = match &self.config.amqp_ca_file {
+            // The tests' HTTPS assigners have certificates of the broker's test CA.
+            Some(ca) if self.config.tls_cert.is_some() => super::http::https_client(ca),
+            _ => reqwest::Client::new(),
+        };
+        super::http::wait_ready_with(&http, &self.base, Duration::from_secs(15)).await;
     }
 
     /// Kills the assigner with SIGKILL, as an operator's `kill -9` or a crash would.

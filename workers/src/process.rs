@@ -26,6 +26,8 @@ pub enum RunError {
     NoSlots,
     #[error("slot {0:?} is named twice")]
     DuplicateSlot(String),
+    #[error(transparent)]
+    Config(#[from] berth::config::ConfigError),
 }
 
 /// Runs one slot worker per entry of `slots` until `cancel` fires, then lets each finish the
@@ -49,8 +51,10 @@ pub async fn run_slots(
     if let Some(twice) = slots.iter().find(|s| !seen.insert(&s.slot)) {
         return Err(RunError::DuplicateSlot(twice.slot.clone()));
     }
+    let tls = config.broker_tls()?;
     let connectors = connection::connectors(
         &config.broker_url(),
+        &tls,
         &options.connection_name,
         slots.len(),
         &metrics,

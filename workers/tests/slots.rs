@@ -409,3 +409,45 @@ async fn a_worker_whose_consumer_is_dropped_takes_the_lock_again_and_resumes_fro
     workers.stop().await;
     client.cleanup().await;
 }
+
+/// The dead-letter queue is bounded (`dead_letter_max_length`: the newest stay) and a
+/// refused control message keeps no lease token in clear, only its hash.
+#[tokio::test]
+async fn the_dead_letter_queue_keeps_the_newest_refused_messages_and_no_lease_token() {
+    let mut config = config(&["ppa-1"]);
+    config.dead_letter_max_length = 2;
+    let store = free_store(&["ppa-1"]);
+    let mut client = Client::new(&config).await;
+    let workers = spawn(&config, &["ppa-1"], store.clone(), fast_options());
+    let slot_queue = client.names.slot_queue("ppa-1");
+    let props = berth::broker::json_properties;
+    for n in 1..=4 {
+        let body = format!(r#"{{"v":9,"kind":"release","lease_token":"secret-token-{n}"}}"#);
+        client.publish(&slot_queue, body.as_bytes(), props()).await;
+    }
+    // The slot's control queue is FIFO with one message in hand: once this renew is
+    // answered, the four before it have been dead-lettered.
+    let reply = client.renew("ppa-1", "not-the-token", 300).await;
+    assert_eq!(reply.outcome, RenewOutcome::NotHeld);
+
+    let mut kept = Vec::new();
+    while let Ok(Some(message)) = client
+        .channel
+        .basic_get(
+            client.names.dead_queue().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+    {
+        kept.push(String::from_utf8(message.delivery.data.clone()).unwrap());
+    }
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for (body, n) in kept.iter().zip([3, 4]) {
+        let hash = token_hash(&format!("secret-token-{n}"));
+        assert!(body.contains(&format!("sha256:{hash}")), "{body}");
+        assert!(!body.contains("secret-token"), "{body}");
+    }
+
+    workers.stop().await;
+    client.cleanup().await;
+}

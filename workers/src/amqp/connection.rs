@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use berth::broker::BrokerTls;
 use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ pub(crate) fn shard_of(index: usize, slots: usize, per_connection: usize) -> usi
 /// appended when there are several), counting their reconnects in `metrics`.
 pub(crate) fn connectors(
     url: &str,
+    tls: &BrokerTls,
     name: &str,
     slots: usize,
     metrics: &Arc<Metrics>,
@@ -53,7 +55,7 @@ pub(crate) fn connectors(
             } else {
                 format!("{name}-{shard}")
             };
-            Arc::new(Connector::new(url, &name, Arc::clone(metrics)))
+            Arc::new(Connector::new(url, tls, &name, Arc::clone(metrics)))
         })
         .collect()
 }
@@ -63,15 +65,17 @@ pub(crate) fn connectors(
 /// reconnects and the others wait on the lock and then share the new connection.
 pub(crate) struct Connector {
     url: String,
+    tls: BrokerTls,
     name: String,
     current: Mutex<Option<Arc<Connection>>>,
     metrics: Arc<Metrics>,
 }
 
 impl Connector {
-    pub(crate) fn new(url: &str, name: &str, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(url: &str, tls: &BrokerTls, name: &str, metrics: Arc<Metrics>) -> Self {
         Connector {
             url: url.to_owned(),
+            tls: tls.clone(),
             name: name.to_owned(),
             current: Mutex::new(None),
             metrics,
@@ -109,8 +113,9 @@ impl Connector {
         if reconnecting {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
-        let conn =
-            Arc::new(berth::broker::connect_with_backoff(&self.url, &self.name, cancel).await?);
+        let conn = Arc::new(
+            berth::broker::connect_with_backoff(&self.url, &self.tls, &self.name, cancel).await?,
+        );
         if reconnecting {
             self.metrics.broker_reconnected();
         }

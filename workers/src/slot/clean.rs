@@ -190,15 +190,8 @@ impl Session<'_> {
     }
 
     async fn clean_failed(&mut self, err: &CleanError) -> Result<Flow, Trouble> {
-        let mut message = err.to_string();
-        if message.len() > MAX_ERROR_LEN {
-            let cut = (0..=MAX_ERROR_LEN)
-                .rev()
-                .find(|&i| message.is_char_boundary(i))
-                .unwrap_or(0);
-            message.truncate(cut);
-        }
-        let message = message.replace('\n', " ");
+        // The record is public (a PPA description): no credentials, and short.
+        let message = berth::redact::public_error(&err.to_string(), MAX_ERROR_LEN);
         let counted = self
             .transition(|current| {
                 (current.state == SlotState::Dirty).then(|| SlotRecord {

@@ -45,7 +45,7 @@ impl World {
             .tempdir()
             .unwrap();
         let credentials = dir.path().join("credentials");
-        std::fs::write(
+        berth::secret_file::write_secret_file(
             &credentials,
             "[1]\nconsumer_key = berth\nconsumer_secret =\naccess_token = TOKEN\naccess_secret = SECRET\n",
         )
