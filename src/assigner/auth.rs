@@ -257,6 +257,35 @@ mod tests {
     }
 
     #[test]
+    fn a_clients_max_lease_cuts_the_default_and_refuses_longer_asks() {
+        let client = |max_lease_secs| Caller {
+            client: Some(Arc::new(ClientConfig {
+                name: "ci".into(),
+                token_sha256: crate::access::api_token_hash("t"),
+                role: Role::Client,
+                pools: Some(vec!["ppa".into()]),
+                max_held: None,
+                max_waiting: None,
+                max_lease_secs,
+                max_priority: None,
+            })),
+        };
+        let limited = client(Some(600));
+        assert_eq!(limited.lease_secs(3600, true).unwrap(), 600);
+        assert_eq!(limited.lease_secs(300, false).unwrap(), 300);
+        let err = limited.lease_secs(601, false).unwrap_err().to_string();
+        assert!(err.contains("at most 600"), "{err}");
+        assert_eq!(client(None).lease_secs(7200, false).unwrap(), 7200);
+        assert_eq!(Caller::default().lease_secs(7200, false).unwrap(), 7200);
+        assert!(limited.check_pool("ppa").is_ok());
+        assert!(matches!(
+            limited.check_pool("other"),
+            Err(ApiError::Forbidden(_))
+        ));
+        assert!(Caller::default().check_pool("other").is_ok());
+    }
+
+    #[test]
     fn keys_find_the_client_of_a_token_only() {
         let auth = crate::access::AuthConfig {
             mode: AuthMode::Tokens,
