@@ -23,6 +23,9 @@ pub struct Config {
     pub heartbeat_secs: u16,
     /// Prefix of every queue and exchange name (`BERTH_NAMESPACE`).
     pub namespace: String,
+    /// The type of berth's durable queues: `classic` (one node) or `quorum` (replicated; for a cluster).
+    #[serde(default)]
+    pub queue_type: QueueType,
     /// Where the assigner listens (`BERTH_LISTEN`).
     pub listen: SocketAddr,
     /// Start and watch one `berth-worker` process per configured slot.
@@ -49,6 +52,14 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The pools and their slots.
     pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
 }
 
 /// Where the slots' state lives.
@@ -102,6 +113,7 @@ impl Default for Config {
             amqp_url: DEFAULT_AMQP_URL.into(),
             heartbeat_secs: crate::broker::DEFAULT_HEARTBEAT_SECS,
             namespace: DEFAULT_NAMESPACE.into(),
+            queue_type: QueueType::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             supervise: false,
             default_lease_secs: 3600,
@@ -354,6 +366,7 @@ impl Config {
     pub fn names(&self) -> crate::protocol::Names {
         crate::protocol::Names::new(self.namespace.clone())
             .with_history(self.history_max_age.clone(), self.history_max_bytes)
+            .with_queue_type(self.queue_type)
     }
 
     /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.

@@ -15,6 +15,7 @@ mod link;
 mod metrics;
 mod openapi;
 mod pending;
+mod priority;
 mod routes;
 mod status;
 pub mod supervise;

@@ -76,7 +76,8 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Takes a slot of the pool, waiting up to `wait_secs` for one to come free.
+/// Takes a slot of the pool, waiting up to `wait_secs` for one to come free; among the
+/// requests waiting, a higher `priority` goes first, then the oldest.
 #[utoipa::path(
     post,
     path = "/v1/pools/{pool}/acquire",
@@ -118,9 +119,17 @@ async fn assign(
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let wait = Duration::from_secs(request.wait_secs);
+    let priority = super::priority::effective(request.priority);
     let reply = app
         .link
-        .assign(request_id, &pool, &request.owner, request.lease_secs, wait)
+        .assign(
+            request_id,
+            &pool,
+            &request.owner,
+            request.lease_secs,
+            wait,
+            priority,
+        )
         .await
         .map_err(|err| match err {
             ExchangeError::BrokerDown => ApiError::BrokerDown,
@@ -130,7 +139,7 @@ async fn assign(
             },
             ExchangeError::Stopping => ApiError::ShuttingDown,
         })?;
-    tracing::info!(slot = %reply.slot, owner = %request.owner, "slot assigned");
+    tracing::info!(slot = %reply.slot, owner = %request.owner, priority, "slot assigned");
     Ok(Json(Acquired {
         slot: reply.slot,
         pool,
