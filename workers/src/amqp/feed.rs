@@ -295,6 +295,10 @@ impl Feed {
         // While consuming, a request is handed over as it comes: a slot waits, so there is
         // no queue of requests to order (DESIGN §3 "Priority").
         let mut deliveries = futures::stream::select_all(consumers);
+        // While the older pool queue is there, a round ends now and then to look at it.
+        let retired_there = !matches!(*self.retired_lock(), Retired::Gone);
+        let look_again = tokio::time::sleep(RETIRED_CHECK);
+        tokio::pin!(look_again);
         if fresh {
             tracing::info!(prefetch, "consuming the pool queue");
         } else {
@@ -323,6 +327,10 @@ impl Feed {
                         self.stop(channel, &tags, deliveries).await?;
                         return Ok(Round::Again);
                     }
+                }
+                _ = &mut look_again, if retired_there => {
+                    self.stop(channel, &tags, deliveries).await?;
+                    return Ok(Round::Again);
                 }
             }
         }
