@@ -350,10 +350,7 @@ mod tests {
             arguments.inner().get(&ShortString::from(key)).cloned()
         };
         let classic = pool_queue_arguments(QueueType::Classic);
-        assert_eq!(
-            get(classic, "x-max-priority"),
-            Some(AMQPValue::LongInt(9))
-        );
+        assert_eq!(get(classic, "x-max-priority"), Some(AMQPValue::LongInt(9)));
         let quorum = pool_queue_arguments(QueueType::Quorum);
         assert_eq!(
             get(quorum.clone(), "x-queue-type"),

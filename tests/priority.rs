@@ -129,7 +129,13 @@ async fn a_release_hands_the_slot_to_the_highest_priority_waiting_on_a_classic_p
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--priority"));
     let out = run(&[
-        "acquire", "--pool", POOL, "--priority", "9", "--format", "json",
+        "acquire",
+        "--pool",
+        POOL,
+        "--priority",
+        "9",
+        "--format",
+        "json",
     ])
     .await
     .unwrap();

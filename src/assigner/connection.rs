@@ -263,7 +263,9 @@ async fn open(
             Ok(false) => tracing::info!(pool = %pool,
                 queue = %config.names.retired_assign_queue(pool),
                 "the pool queue of an older berth still holds requests or is consumed; worker processes drain it and delete it"),
-            Err(err) => tracing::warn!(pool = %pool, error = %err, "cannot delete the older pool queue"),
+            Err(err) => {
+                tracing::warn!(pool = %pool, error = %err, "cannot delete the older pool queue")
+            }
         }
     }
     let reply_channel = connection.create_channel().await?;

@@ -10,6 +10,12 @@
 //! consuming; a request the broker had already sent on its way goes back to the queue for
 //! another process.
 //!
+//! Priorities (DESIGN §3 "Priority"): a classic pool queue orders its requests itself (a
+//! priority queue). A quorum pool has a queue per priority: a round first takes the waiting
+//! requests with `basic.get` from the highest queue down ([`Feed::take_by_priority`]), and
+//! consumes all of them only once they are empty. The pool queue of a berth before
+//! priorities is drained the same way and deleted once empty ([`Feed::drain_retired`]).
+//!
 //! With one slot per process this is the design's picture (consume while free, prefetch 1).
 //! With many slots per process the broker sees one consumer instead of one per free slot,
 //! so a claim costs no consumer cancel and re-consume — with thousands of consumers on one
@@ -20,11 +26,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::message::Delivery;
 use futures::stream::SelectAll;
+use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
-    BasicQosOptions, ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
@@ -362,7 +368,11 @@ impl Feed {
     /// deletes it if it is empty and unused, else hands over what it holds while anybody
     /// waits and tries again once it is empty. Looked at once per [`RETIRED_CHECK`] at most,
     /// and never again once it is gone (DESIGN §3 "Priority").
-    async fn drain_retired(&self, channel: &Channel, cancel: &CancellationToken) -> Result<(), Error> {
+    async fn drain_retired(
+        &self,
+        channel: &Channel,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let due = match *self.retired_lock() {
             Retired::Gone => false,
             Retired::Unknown => true,
