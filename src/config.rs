@@ -507,6 +507,18 @@ mod tests {
     }
 
     #[test]
+    fn queue_type_is_classic_unless_the_file_says_quorum() {
+        assert_eq!(Config::default().queue_type, QueueType::Classic);
+        let (_d, path) = write("queue_type = \"quorum\"\n");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert_eq!(c.names().queue_type(), QueueType::Quorum);
+        let (_d, path) = write("queue_type = \"fast\"\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("queue_type"), "{msg}");
+    }
+
+    #[test]
     fn duplicate_slot_is_refused() {
         let mut c = Config::dev(2);
         c.pools.push(PoolConfig {
