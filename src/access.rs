@@ -110,8 +110,7 @@ pub struct ClientConfig {
     pub max_priority: Option<u8>,
 }
 
-/// The highest acquire priority there is.
-pub const MAX_PRIORITY: u8 = 9;
+pub use crate::protocol::MAX_PRIORITY;
 
 impl ClientConfig {
     /// Whether it may use `pool`.

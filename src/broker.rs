@@ -8,6 +8,7 @@ use std::time::Duration;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
@@ -16,7 +17,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::protocol::{Names, REASON_HEADER};
+use crate::config::QueueType;
+use crate::protocol::{MAX_PRIORITY, Names, REASON_HEADER};
 
 /// Delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -321,19 +323,75 @@ pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapi
     declared
 }
 
-/// Declares the assign queue of `pool`; the answer tells its depth and consumers.
+/// The arguments every pool queue is declared with (DESIGN §3 "Priority"), the one place
+/// they are decided: on `classic` a priority queue, `x-max-priority` = [`MAX_PRIORITY`] (the
+/// broker orders by the message's `priority` property, FIFO within one); on `quorum` a
+/// quorum queue (`x-queue-type: quorum`) per priority, which has no priorities of its own on
+/// RabbitMQ 3.x. A queue's arguments cannot change once it exists: a change here needs new
+/// queue names ([`Names::assign_queue_for`]).
+pub fn pool_queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    match queue_type {
+        QueueType::Classic => arguments.insert(
+            "x-max-priority".into(),
+            AMQPValue::LongInt(i32::from(MAX_PRIORITY)),
+        ),
+        QueueType::Quorum => arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        ),
+    };
+    arguments
+}
+
+/// Declares the assign queues of `pool` (on `quorum` one per priority); the answer is the
+/// priority-0 queue's, which tells its depth and consumers.
 pub async fn declare_pool_queue(
     channel: &Channel,
     names: &Names,
     pool: &str,
 ) -> Result<Queue, lapin::Error> {
+    let arguments = pool_queue_arguments(names.queue_type());
+    let mut queues = names.assign_queues(pool);
+    // The priority-0 queue last, for its answer.
+    let last = queues.pop().expect("a pool has at least one queue");
+    for queue in queues {
+        channel
+            .queue_declare(queue.as_str().into(), durable(), arguments.clone())
+            .await?;
+    }
     channel
-        .queue_declare(
-            names.assign_queue(pool).into(),
-            durable(),
-            FieldTable::default(),
-        )
+        .queue_declare(last.as_str().into(), durable(), arguments)
         .await
+}
+
+/// Deletes `pool`'s retired queue ([`Names::retired_assign_queue`], declared by berth before
+/// priorities) if it is empty and nobody consumes it, on `channel`, which the caller opens
+/// for this alone (a refused delete closes its channel). `Ok(true)`: it is gone (deleted now, or not there: RabbitMQ
+/// answers a delete of a missing queue with delete-ok); `Ok(false)`: it is still there,
+/// holding requests or consumed by an older worker process (DESIGN §3 "Priority").
+pub async fn delete_retired_pool_queue(
+    channel: Channel,
+    names: &Names,
+    pool: &str,
+) -> Result<bool, lapin::Error> {
+    let options = QueueDeleteOptions {
+        if_unused: true,
+        if_empty: true,
+        ..QueueDeleteOptions::default()
+    };
+    let deleted = channel
+        .queue_delete(names.retired_assign_queue(pool).into(), options)
+        .await;
+    match deleted {
+        Ok(_) => {
+            let _ = channel.close(200, "done".into()).await;
+            Ok(true)
+        }
+        // PRECONDITION_FAILED: not empty, or in use. The broker closed the channel.
+        Err(err) if err.is_amqp_soft_error() => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Declares the control queue of `slot`; the answer tells its depth and consumers.
@@ -551,5 +609,29 @@ mod tests {
             Some(AMQPValue::LongLongInt(5_000))
         );
         assert_eq!(names.history_queue(), "ns.history");
+    }
+
+    #[test]
+    fn a_classic_pool_queue_has_priorities_and_a_quorum_pool_one_queue_per_priority() {
+        let get = |arguments: FieldTable, key: &str| {
+            arguments.inner().get(&ShortString::from(key)).cloned()
+        };
+        let classic = pool_queue_arguments(QueueType::Classic);
+        assert_eq!(get(classic, "x-max-priority"), Some(AMQPValue::LongInt(9)));
+        let quorum = pool_queue_arguments(QueueType::Quorum);
+        assert_eq!(
+            get(quorum.clone(), "x-queue-type"),
+            Some(AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(get(quorum, "x-max-priority"), None);
+        let names = Names::new("ns");
+        assert_eq!(names.assign_queues("p"), vec!["ns.assign.p.v2"]);
+        assert_eq!(names.retired_assign_queue("p"), "ns.assign.p");
+        let names = names.with_queue_type(QueueType::Quorum);
+        let queues = names.assign_queues("p");
+        assert_eq!(queues.len(), 10);
+        assert_eq!(queues[0], "ns.assign.p.q9");
+        assert_eq!(queues[9], "ns.assign.p.q0");
+        assert_eq!(names.assign_queue_for("p", 12), "ns.assign.p.q9");
     }
 }

@@ -27,6 +27,9 @@ pub struct Config {
     pub heartbeat_secs: u16,
     /// Prefix of every queue and exchange name (`BERTH_NAMESPACE`).
     pub namespace: String,
+    /// The type of berth's durable queues: `classic` (one node) or `quorum` (replicated; for a cluster).
+    #[serde(default)]
+    pub queue_type: QueueType,
     /// Where the assigner listens (`BERTH_LISTEN`).
     pub listen: SocketAddr,
     /// PEM certificate chain of the assigner: with `tls_key`, it serves HTTPS instead of
@@ -64,6 +67,14 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The pools and their slots.
     pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
 }
 
 /// Where the slots' state lives.
@@ -118,6 +129,7 @@ impl Default for Config {
             amqp_ca_file: None,
             heartbeat_secs: crate::broker::DEFAULT_HEARTBEAT_SECS,
             namespace: DEFAULT_NAMESPACE.into(),
+            queue_type: QueueType::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls_cert: None,
             tls_key: None,
@@ -413,6 +425,7 @@ impl Config {
         crate::protocol::Names::new(self.namespace.clone())
             .with_history(self.history_max_age.clone(), self.history_max_bytes)
             .with_dead_letter_max_length(self.dead_letter_max_length)
+            .with_queue_type(self.queue_type)
     }
 
     /// The configuration `berth dev` runs: one pool `ppa` of `slots` PPAs.
@@ -550,6 +563,18 @@ mod tests {
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("history_max_age"), "{err}");
         assert_eq!(Config::dev(1).names().history_max_age(), "30D");
+    }
+
+    #[test]
+    fn queue_type_is_classic_unless_the_file_says_quorum() {
+        assert_eq!(Config::default().queue_type, QueueType::Classic);
+        let (_d, path) = write("queue_type = \"quorum\"\n");
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert_eq!(c.names().queue_type(), QueueType::Quorum);
+        let (_d, path) = write("queue_type = \"fast\"\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("queue_type"), "{msg}");
     }
 
     #[test]

@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::QueueType;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -24,15 +26,21 @@ pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 1_000_000_000;
 /// past it, the oldest refused message is dropped for the newest.
 pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 10_000;
 
-/// The names of one deployment's AMQP objects, all under one namespace, and the arguments
-/// of the objects whose declaration needs settings: the history stream and the dead-letter
-/// queue. Every process declares them with these (DESIGN §3), so they travel with the names.
+/// The highest priority of an assign request (`"priority"` 0–9 of acquire): the pool
+/// queue's `x-max-priority`, and the number of priority bands of a quorum pool, less one.
+pub const MAX_PRIORITY: u8 = 9;
+
+/// The names of one deployment's AMQP objects, all under one namespace, and the settings
+/// their declarations need: the history stream's retention, the dead-letter queue's bound
+/// and the type of the pool queues. Every process declares them with these (DESIGN §3), so
+/// they travel with the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
     history_max_age: String,
     history_max_bytes: u64,
     dead_letter_max_length: u64,
+    queue_type: QueueType,
 }
 
 impl Names {
@@ -42,6 +50,7 @@ impl Names {
             history_max_age: DEFAULT_HISTORY_MAX_AGE.to_owned(),
             history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             dead_letter_max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH,
+            queue_type: QueueType::default(),
         }
     }
 
@@ -54,6 +63,17 @@ impl Names {
     /// The dead-letter queue's `x-max-length`.
     pub fn dead_letter_max_length(&self) -> u64 {
         self.dead_letter_max_length
+    }
+
+    /// These names with pool queues of type `queue_type`.
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The type of the pool queues.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// These names with the history stream's retention (`x-max-age`, `x-max-length-bytes`).
@@ -82,8 +102,43 @@ impl Names {
         &self.namespace
     }
 
-    /// `<ns>.assign.<pool>`: assign requests for a pool, consumed by its free workers.
+    /// The queue an assign request of `priority` for `pool` goes to (DESIGN §3 "Priority"):
+    /// on `classic`, `<ns>.assign.<pool>.v2`, one priority queue (`x-max-priority`) for every
+    /// priority; on `quorum`, `<ns>.assign.<pool>.q<priority>`, one quorum queue per priority
+    /// (quorum queues have no message priorities on RabbitMQ 3.x). A priority above
+    /// [`MAX_PRIORITY`] counts as [`MAX_PRIORITY`].
+    pub fn assign_queue_for(&self, pool: &str, priority: u8) -> String {
+        match self.queue_type {
+            QueueType::Classic => format!("{}.assign.{pool}.v2", self.namespace),
+            QueueType::Quorum => format!(
+                "{}.assign.{pool}.q{}",
+                self.namespace,
+                priority.min(MAX_PRIORITY)
+            ),
+        }
+    }
+
+    /// The pool's queue of priority 0: on `classic` its only one.
     pub fn assign_queue(&self, pool: &str) -> String {
+        self.assign_queue_for(pool, 0)
+    }
+
+    /// Every queue of the pool, highest priority first: the order a quorum pool's feed reads
+    /// its bands in.
+    pub fn assign_queues(&self, pool: &str) -> Vec<String> {
+        match self.queue_type {
+            QueueType::Classic => vec![self.assign_queue(pool)],
+            QueueType::Quorum => (0..=MAX_PRIORITY)
+                .rev()
+                .map(|p| self.assign_queue_for(pool, p))
+                .collect(),
+        }
+    }
+
+    /// `<ns>.assign.<pool>`: the pool queue of berth before priorities, a plain classic queue
+    /// whose arguments cannot change. Nobody publishes to it any more; worker feeds take
+    /// what is left in it, and whoever finds it empty deletes it (DESIGN §3 "Priority").
+    pub fn retired_assign_queue(&self, pool: &str) -> String {
         format!("{}.assign.{pool}", self.namespace)
     }
 

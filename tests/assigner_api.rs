@@ -221,6 +221,24 @@ async fn bad_input_and_unknown_names_answer_json_errors() {
         ),
         (
             "/v1/pools/ppa/acquire",
+            json!({"owner": "me", "priority": 10}),
+            400,
+            "priority",
+        ),
+        (
+            "/v1/pools/ppa/acquire",
+            json!({"owner": "me", "priority": -1}),
+            400,
+            "priority",
+        ),
+        (
+            "/v1/pools/ppa/acquire",
+            json!({"owner": "me", "priority": "x"}),
+            400,
+            "priority",
+        ),
+        (
+            "/v1/pools/ppa/acquire",
             json!({"lease_secs": 5}),
             400,
             "owner",

@@ -94,6 +94,7 @@ fn api_object() -> impl Strategy<Value = Value> {
         Just("owner".to_owned()),
         Just("lease_secs".to_owned()),
         Just("wait_secs".to_owned()),
+        Just("priority".to_owned()),
         Just("lease_token".to_owned()),
         "[a-z_]{1,10}",
     ];

@@ -359,7 +359,7 @@ async fn cleanup(connection: &Connection, stack: &Stack) {
         .config
         .pools
         .iter()
-        .map(|p| names.assign_queue(&p.name))
+        .flat_map(|p| names.assign_queues(&p.name))
         .collect();
     queues.extend(stack.all_slots().map(|s| names.slot_queue(s)));
     queues.push(names.dead_queue());

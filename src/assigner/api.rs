@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::config::Config;
+use crate::protocol::MAX_PRIORITY;
 
 /// The largest request body accepted.
 pub(crate) const BODY_LIMIT: usize = 16 * 1024;
@@ -62,6 +63,10 @@ pub(crate) struct AcquireRequest {
     pub(crate) lease_secs: Option<u64>,
     /// Seconds to wait for a free slot (0 … `max_wait_secs`; default `default_wait_secs`).
     pub(crate) wait_secs: Option<u64>,
+    /// 0 … 9, default 0: among the requests waiting for a slot of the pool, a higher one is
+    /// served first; requests of one priority in the order they came.
+    #[schema(minimum = 0, maximum = 9)]
+    pub(crate) priority: Option<i64>,
 }
 
 /// An acquire request after its checks, with the defaults filled in.
@@ -70,6 +75,8 @@ pub(crate) struct Acquire {
     pub(crate) owner: String,
     pub(crate) lease_secs: u64,
     pub(crate) wait_secs: u64,
+    /// The priority asked for; [`crate::access::effective_priority`] caps it by the client's `max_priority`.
+    pub(crate) priority: u8,
 }
 
 impl AcquireRequest {
@@ -87,7 +94,17 @@ impl AcquireRequest {
             owner: self.owner,
             lease_secs,
             wait_secs,
+            priority: check_priority(self.priority)?,
         })
+    }
+}
+
+fn check_priority(priority: Option<i64>) -> Result<u8, ApiError> {
+    match priority.unwrap_or(0) {
+        p @ 0..=9 => Ok(p as u8),
+        _ => Err(ApiError::BadRequest(format!(
+            "\"priority\" must be between 0 and {MAX_PRIORITY} (higher is served first; default 0)"
+        ))),
     }
 }
 
@@ -239,6 +256,7 @@ mod tests {
             owner: owner.into(),
             lease_secs: lease,
             wait_secs: wait,
+            priority: None,
         }
     }
 
@@ -258,6 +276,14 @@ mod tests {
         assert!(msg(req("me", Some(config.max_lease_secs + 1), None)).contains("\"lease_secs\""));
         assert!(msg(req("me", None, Some(config.max_wait_secs + 1))).contains("\"wait_secs\""));
         assert!(req("me", None, Some(0)).check(&config).is_ok());
+        let with_priority = |p| AcquireRequest {
+            priority: p,
+            ..req("me", None, None)
+        };
+        assert_eq!(with_priority(None).check(&config).unwrap().priority, 0);
+        assert_eq!(with_priority(Some(9)).check(&config).unwrap().priority, 9);
+        assert!(msg(with_priority(Some(10))).contains("\"priority\""));
+        assert!(msg(with_priority(Some(-1))).contains("\"priority\""));
     }
 
     #[test]

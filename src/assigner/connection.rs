@@ -257,6 +257,18 @@ async fn open(
     }
     for pool in &config.pools {
         broker::declare_pool_queue(&publisher, &config.names, pool).await?;
+        // The queue of berth before priorities: nothing is published to it any more; the
+        // worker feeds take what is left and delete it, or this does once it is empty.
+        let scratch = connection.create_channel().await?;
+        match broker::delete_retired_pool_queue(scratch, &config.names, pool).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(pool = %pool,
+                queue = %config.names.retired_assign_queue(pool),
+                "the pool queue of an older berth still holds requests or is consumed; worker processes drain it and delete it"),
+            Err(err) => {
+                tracing::warn!(pool = %pool, error = %err, "cannot delete the older pool queue")
+            }
+        }
     }
     let reply_channel = connection.create_channel().await?;
     // No acks: a reply is acted on (handed out or released) as soon as it arrives, and if

@@ -123,8 +123,9 @@ impl Link {
     }
 
     /// Asks a free worker of `pool` for a slot for `owner`, waiting up to `wait` for one
-    /// to come free (at least [`MIN_WINDOW`]); the first reply is the answer, any other one
-    /// is released.
+    /// to come free (at least [`MIN_WINDOW`]), behind the waiting requests of a higher
+    /// `priority` and those of the same one that came earlier; the first reply is the
+    /// answer, any other one is released.
     pub(crate) async fn assign(
         &self,
         request_id: Uuid,
@@ -132,6 +133,7 @@ impl Link {
         owner: &str,
         lease_secs: u64,
         wait: Duration,
+        priority: u8,
     ) -> Result<AssignReply, ExchangeError> {
         if self.stopping.is_cancelled() {
             return Err(ExchangeError::Stopping);
@@ -157,11 +159,15 @@ impl Link {
         // Not persistent: a request lives only as long as its assigner's connection, which
         // is also where its reply would come; after a broker restart the client hears `503`
         // and asks again, and a request kept on disk would only claim a slot for nobody.
+        // The priority both ways: the property orders a classic pool queue, the queue name
+        // picks a quorum pool's band (DESIGN §3 "Priority").
         let confirm = connected
             .send(
-                &self.names.assign_queue(pool),
+                &self.names.assign_queue_for(pool, priority),
                 &encode(&message),
-                connected.request_properties(request_id, window),
+                connected
+                    .request_properties(request_id, window)
+                    .with_priority(priority),
             )
             .await
             .map_err(|err| {
@@ -268,17 +274,25 @@ impl Link {
             })
     }
 
-    /// Requests waiting in the assign queue of `pool`, and its consumers; `None` while
-    /// disconnected or when the broker does not say (logged).
+    /// Requests waiting in the assign queues of `pool` (all its priorities), and its
+    /// consumers (the most of any of its queues); `None` while disconnected or when the
+    /// broker does not say (logged).
     pub(crate) async fn queue_counts(&self, pool: &str) -> Option<(u32, u32)> {
         let connected = self.connected()?;
-        match connected.queue_counts(&self.names.assign_queue(pool)).await {
-            Ok(counts) => Some(counts),
-            Err(err) => {
-                tracing::warn!(pool = %pool, error = %err, "could not inspect the pool queue");
-                None
+        let (mut waiting, mut consumers) = (0, 0);
+        for queue in self.names.assign_queues(pool) {
+            match connected.queue_counts(&queue).await {
+                Ok((ready, consuming)) => {
+                    waiting += ready;
+                    consumers = consumers.max(consuming);
+                }
+                Err(err) => {
+                    tracing::warn!(pool = %pool, error = %err, "could not inspect the pool queue");
+                    return None;
+                }
             }
         }
+        Some((waiting, consumers))
     }
 
     /// The events `query` asks for, oldest first, read from the history stream on a channel

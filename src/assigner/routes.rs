@@ -84,7 +84,8 @@ pub(crate) fn router(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// Takes a slot of the pool, waiting up to `wait_secs` for one to come free.
+/// Takes a slot of the pool, waiting up to `wait_secs` for one to come free; among the
+/// requests waiting, a higher `priority` goes first, then the oldest.
 #[utoipa::path(
     post,
     path = "/v1/pools/{pool}/acquire",
@@ -131,8 +132,6 @@ async fn assign(
     let defaulted = body.lease_secs.is_none();
     let mut request = body.check(&app.config)?;
     request.lease_secs = caller.lease_secs(request.lease_secs, defaulted)?;
-    // The priority field (issue #12, "Priority") plugs in here, capped with
-    // `crate::access::effective_priority(requested, caller.client.as_deref())`.
     let _waiting = match caller.client.as_deref() {
         Some(client) => {
             let waiting = app.quotas.enter(client)?;
@@ -148,9 +147,10 @@ async fn assign(
     let request_id = Uuid::new_v4();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let wait = Duration::from_secs(request.wait_secs);
+    let priority = crate::access::effective_priority(request.priority, caller.client.as_deref());
     let reply = app
         .link
-        .assign(request_id, &pool, &owner, request.lease_secs, wait)
+        .assign(request_id, &pool, &owner, request.lease_secs, wait, priority)
         .await
         .map_err(|err| match err {
             ExchangeError::BrokerDown => ApiError::BrokerDown,
@@ -170,7 +170,7 @@ async fn assign(
         app.link.give_back(reply);
         return Err(over);
     }
-    tracing::info!(slot = %reply.slot, owner = %owner, "slot assigned");
+    tracing::info!(slot = %reply.slot, owner = %owner, priority, "slot assigned");
     Ok(Json(Acquired {
         slot: reply.slot,
         pool,

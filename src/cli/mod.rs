@@ -17,7 +17,7 @@ pub mod token;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, DEFAULT_RETRY_BUDGET, Retrying};
+use crate::client::{AcquireOptions, Client, ClientError, DEFAULT_RETRY_BUDGET, Retrying};
 use output::Format;
 
 pub use history::{EventFormat, EventsArgs, HistoryArgs, events, history};
@@ -122,6 +122,21 @@ pub struct SlotRequestArgs {
     /// How long the lease lasts without renewing (seconds, or 30m, 2h); default: the server's.
     #[arg(long, env = "BERTH_LEASE", value_parser = duration::parse_secs)]
     pub lease: Option<u64>,
+    /// 0–9: among the requests waiting for a slot of the pool, a higher one is served first
+    /// (default: 0, the lowest).
+    #[arg(long, env = "BERTH_PRIORITY", value_parser = clap::value_parser!(u8).range(0..=9))]
+    pub priority: Option<u8>,
+}
+
+impl SlotRequestArgs {
+    /// What acquire asks for besides the pool and the owner.
+    pub fn options(&self) -> AcquireOptions {
+        AcquireOptions {
+            lease_secs: self.lease,
+            wait_secs: self.client.wait,
+            priority: self.priority,
+        }
+    }
 }
 
 /// Flags of `berth acquire`.
@@ -227,7 +242,7 @@ pub async fn acquire(args: AcquireArgs) -> anyhow::Result<ExitCode> {
     match request
         .client
         .client()?
-        .acquire(&request.pool, &owner, request.lease, request.client.wait)
+        .acquire_with(&request.pool, &owner, request.options())
         .await
     {
         Ok(lease) => {

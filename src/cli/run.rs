@@ -58,7 +58,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let owner = request.owner.clone().unwrap_or_else(default_owner);
     let lease = match client
-        .acquire(&request.pool, &owner, request.lease, request.client.wait)
+        .acquire_with(&request.pool, &owner, request.options())
         .await
     {
         Ok(lease) => lease,

@@ -81,6 +81,19 @@ impl Lease {
     }
 }
 
+/// What an acquire asks for besides the pool and the owner; `None` takes the server's
+/// default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AcquireOptions {
+    /// How long the lease lasts without renewing, in seconds.
+    pub lease_secs: Option<u64>,
+    /// How long to wait for a slot to come free, in seconds; also the retry budget.
+    pub wait_secs: Option<u64>,
+    /// 0–9 (default 0): among the requests waiting for a slot of the pool, a higher one is
+    /// served first.
+    pub priority: Option<u8>,
+}
+
 /// What `GET /v1/pools` and `GET /v1/slots` answered, as JSON (DESIGN §4).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
@@ -185,6 +198,27 @@ impl Client {
         lease_secs: Option<u64>,
         wait_secs: Option<u64>,
     ) -> Result<Lease, ClientError> {
+        let options = AcquireOptions {
+            lease_secs,
+            wait_secs,
+            priority: None,
+        };
+        self.acquire_with(pool, owner, options).await
+    }
+
+    /// [`Client::acquire`] with every option, the priority too:
+    /// `client.acquire_with("ppa", "job", AcquireOptions { priority: Some(5), ..Default::default() })`.
+    pub async fn acquire_with(
+        &self,
+        pool: &str,
+        owner: &str,
+        options: AcquireOptions,
+    ) -> Result<Lease, ClientError> {
+        let AcquireOptions {
+            lease_secs,
+            wait_secs,
+            priority,
+        } = options;
         let budget = Duration::from_secs(wait_secs.unwrap_or(DEFAULT_WAIT_SECS));
         let url = format!("{}/v1/pools/{pool}/acquire", self.base);
         let deadline = Instant::now() + budget;
@@ -192,6 +226,10 @@ impl Client {
             let mut body = json!({"owner": owner});
             if let Some(lease) = lease_secs {
                 body["lease_secs"] = lease.into();
+            }
+            // Left out when not asked for: an assigner older than priorities refuses it.
+            if let Some(priority) = priority {
+                body["priority"] = priority.into();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             // The first try asks for what the caller asked; a retry for what is left.

@@ -56,7 +56,8 @@ pub async fn delete_queues(config: &Config) {
     let names = config.names();
     let mut queues = vec![names.dead_queue(), names.history_queue()];
     for pool in &config.pools {
-        queues.push(names.assign_queue(&pool.name));
+        queues.extend(names.assign_queues(&pool.name));
+        queues.push(names.retired_assign_queue(&pool.name));
         queues.extend(pool.slots.iter().map(|s| names.slot_queue(s)));
     }
     for queue in queues {

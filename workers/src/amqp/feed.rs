@@ -10,6 +10,12 @@
 //! consuming; a request the broker had already sent on its way goes back to the queue for
 //! another process.
 //!
+//! Priorities (DESIGN §3 "Priority"): a classic pool queue orders its requests itself (a
+//! priority queue). A quorum pool has a queue per priority: a round first takes the waiting
+//! requests with `basic.get` from the highest queue down ([`Feed::take_by_priority`]), and
+//! consumes all of them only once they are empty. The pool queue of a berth before
+//! priorities is drained the same way and deleted once empty ([`Feed::drain_retired`]).
+//!
 //! With one slot per process this is the design's picture (consume while free, prefetch 1).
 //! With many slots per process the broker sees one consumer instead of one per free slot,
 //! so a claim costs no consumer cancel and re-consume — with thousands of consumers on one
@@ -17,14 +23,16 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::stream::SelectAll;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Consumer};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -33,7 +41,7 @@ use berth::backoff::{Backoff, pause};
 use berth::protocol::Names;
 
 use super::connection::Connector;
-use super::{Error, bounded, next_delivery, requeue};
+use super::{Error, bounded, requeue};
 
 /// The feed of one pool in one worker process.
 pub(crate) struct Feed {
@@ -45,6 +53,21 @@ pub(crate) struct Feed {
     waiting: Mutex<VecDeque<oneshot::Sender<Offered>>>,
     /// Rung when a slot worker starts waiting.
     arrived: Notify,
+    /// What this feed knows of the pool queue of an older berth.
+    retired: Mutex<Retired>,
+}
+
+/// How often a feed looks again at the pool queue of an older berth while it is there.
+const RETIRED_CHECK: Duration = Duration::from_secs(5);
+
+/// The pool queue of an older berth, as a feed last saw it.
+enum Retired {
+    /// Not looked at yet.
+    Unknown,
+    /// There when last looked at (then).
+    There(Instant),
+    /// Deleted, or not there: not looked at again.
+    Gone,
 }
 
 /// A request handed to a slot worker, with the feed's channel it came on. Until the slot
@@ -100,6 +123,7 @@ impl Feed {
             connector,
             waiting: Mutex::new(VecDeque::new()),
             arrived: Notify::new(),
+            retired: Mutex::new(Retired::Unknown),
         }
     }
 
@@ -240,24 +264,47 @@ impl Feed {
         Some(ready.await.map(|()| channel))
     }
 
-    /// One round: consume with a prefetch of as many as wait now, hand requests over while
-    /// anybody waits, and stop consuming when nobody does (or when twice as many wait as
-    /// the prefetch serves: the next round serves them all).
+    /// One round: first the requests left in the pool queue of an older berth, then on a
+    /// quorum pool the waiting requests highest priority first (one `basic.get` per band),
+    /// then consume every queue of the pool with a prefetch of as many as wait now, hand
+    /// requests over while anybody waits, and stop consuming when nobody does (or when twice
+    /// as many wait as the prefetch serves: the next round serves them all).
     async fn consume(
         &self,
         channel: &Channel,
         fresh: bool,
         cancel: &CancellationToken,
     ) -> Result<Round, Error> {
+        self.drain_retired(channel, cancel).await?;
+        let queues = self.names.assign_queues(&self.pool);
+        if queues.len() > 1 {
+            self.take_by_priority(channel, &queues).await?;
+        }
+        if !self.anybody_waits() {
+            return Ok(Round::Again);
+        }
         let prefetch = self.takers().clamp(1, usize::from(u16::MAX));
         bounded(channel.basic_qos(prefetch as u16, BasicQosOptions::default())).await?;
-        let mut consumer = bounded(channel.basic_consume(
-            self.names.assign_queue(&self.pool).into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ))
-        .await?;
+        let mut tags = Vec::with_capacity(queues.len());
+        let mut consumers = Vec::with_capacity(queues.len());
+        for queue in &queues {
+            let consumer = bounded(channel.basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ))
+            .await?;
+            tags.push(consumer.tag());
+            consumers.push(consumer);
+        }
+        // While consuming, a request is handed over as it comes: a slot waits, so there is
+        // no queue of requests to order (DESIGN §3 "Priority").
+        let mut deliveries = futures::stream::select_all(consumers);
+        // While the older pool queue is there, a round ends now and then to look at it.
+        let retired_there = !matches!(*self.retired_lock(), Retired::Gone);
+        let look_again = tokio::time::sleep(RETIRED_CHECK);
+        tokio::pin!(look_again);
         if fresh {
             tracing::info!(prefetch, "consuming the pool queue");
         } else {
@@ -267,35 +314,134 @@ impl Feed {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    self.stop(channel, consumer).await?;
+                    self.stop(channel, &tags, deliveries).await?;
                     return Ok(Round::Stop);
                 }
-                delivery = next_delivery(&mut consumer) => {
-                    let delivery = delivery?;
+                delivery = deliveries.next() => {
+                    // The stream ends when the broker has ended every consumer.
+                    let delivery = delivery.ok_or(Error::ConsumerGone)??;
                     if let Some(delivery) = self.hand_over(channel, delivery) {
                         requeue(&delivery).await?;
                     }
                     if !self.anybody_waits() {
-                        self.stop(channel, consumer).await?;
+                        self.stop(channel, &tags, deliveries).await?;
                         return Ok(Round::Again);
                     }
                 }
                 _ = self.arrived.notified() => {
                     if self.at_least(2 * prefetch) {
-                        self.stop(channel, consumer).await?;
+                        self.stop(channel, &tags, deliveries).await?;
                         return Ok(Round::Again);
                     }
+                }
+                _ = &mut look_again, if retired_there => {
+                    self.stop(channel, &tags, deliveries).await?;
+                    return Ok(Round::Again);
                 }
             }
         }
     }
 
-    /// Cancels `consumer` and settles what the broker sent before the cancel took effect:
-    /// handed over if somebody waits, back to the queue if not.
-    async fn stop(&self, channel: &Channel, mut consumer: Consumer) -> Result<(), Error> {
-        bounded(channel.basic_cancel(consumer.tag(), BasicCancelOptions::default())).await?;
-        // After the cancel-ok the stream yields what it still holds, then ends.
-        while let Some(delivery) = bounded(async { Ok::<_, Error>(consumer.next().await) }).await? {
+    /// Hands the waiting requests of a quorum pool over, highest priority first and the
+    /// oldest first within one: a `basic.get` of each band from the highest down, from the
+    /// top again after each request, until nobody waits or every band is empty.
+    async fn take_by_priority(&self, channel: &Channel, queues: &[String]) -> Result<(), Error> {
+        'scan: while self.anybody_waits() {
+            for queue in queues {
+                let got =
+                    bounded(channel.basic_get(queue.as_str().into(), BasicGetOptions::default()))
+                        .await?;
+                if let Some(message) = got {
+                    if let Some(delivery) = self.hand_over(channel, message.delivery) {
+                        requeue(&delivery).await?;
+                        return Ok(());
+                    }
+                    continue 'scan;
+                }
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// While the pool queue of an older berth is there ([`Names::retired_assign_queue`]):
+    /// deletes it if it is empty and unused, else hands over what it holds while anybody
+    /// waits and tries again once it is empty. Looked at once per [`RETIRED_CHECK`] at most,
+    /// and never again once it is gone (DESIGN §3 "Priority").
+    async fn drain_retired(
+        &self,
+        channel: &Channel,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
+        let due = match *self.retired_lock() {
+            Retired::Gone => false,
+            Retired::Unknown => true,
+            Retired::There(checked) => checked.elapsed() >= RETIRED_CHECK,
+        };
+        if !due {
+            return Ok(());
+        }
+        let queue = self.names.retired_assign_queue(&self.pool);
+        let mut gone = self.delete_retired(cancel).await?;
+        if !gone {
+            tracing::info!(queue = %queue, "taking the requests left in the pool queue of an older berth");
+        }
+        while !gone && self.anybody_waits() {
+            let got = bounded(channel.basic_get(queue.as_str().into(), BasicGetOptions::default()))
+                .await?;
+            match got {
+                Some(message) => {
+                    if let Some(delivery) = self.hand_over(channel, message.delivery) {
+                        requeue(&delivery).await?;
+                    }
+                }
+                None => {
+                    gone = self.delete_retired(cancel).await?;
+                    break;
+                }
+            }
+        }
+        *self.retired_lock() = if gone {
+            tracing::info!(queue = %queue, "the pool queue of an older berth is gone");
+            Retired::Gone
+        } else {
+            Retired::There(Instant::now())
+        };
+        Ok(())
+    }
+
+    /// Deletes the retired queue if it is empty and unused; whether it is gone.
+    async fn delete_retired(&self, cancel: &CancellationToken) -> Result<bool, Error> {
+        let Some(scratch) = self.connector.channel(cancel).await else {
+            return Ok(false);
+        };
+        bounded(berth::broker::delete_retired_pool_queue(
+            scratch?,
+            &self.names,
+            &self.pool,
+        ))
+        .await
+    }
+
+    fn retired_lock(&self) -> std::sync::MutexGuard<'_, Retired> {
+        self.retired.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cancels the consumers `tags` and settles what the broker sent before the cancels
+    /// took effect: handed over if somebody waits, back to the queue if not.
+    async fn stop(
+        &self,
+        channel: &Channel,
+        tags: &[ShortString],
+        mut deliveries: SelectAll<Consumer>,
+    ) -> Result<(), Error> {
+        for tag in tags {
+            bounded(channel.basic_cancel(tag.clone(), BasicCancelOptions::default())).await?;
+        }
+        // After the cancel-oks the streams yield what they still hold, then end.
+        while let Some(delivery) =
+            bounded(async { Ok::<_, Error>(deliveries.next().await) }).await?
+        {
             if let Some(delivery) = self.hand_over(channel, delivery?) {
                 requeue(&delivery).await?;
             }
