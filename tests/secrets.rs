@@ -1,6 +1,7 @@
 //! Secret hygiene seen from outside (DESIGN §8 "TLS and secrets"): `--help` never prints a
 //! password that the environment holds, and a credentials file that others may read stops
-//! `berth assigner` and `berth-worker` at start, naming the file and the `chmod` to run.
+//! `berth assigner` and `berth-worker` at start (so does an HTTPS key), naming the file and
+//! the `chmod` to run.
 
 mod support;
 
@@ -129,4 +130,27 @@ fn a_credentials_file_others_may_read_stops_the_assigner_and_the_worker_at_start
             "{name}: {text}"
         );
     }
+}
+
+#[test]
+fn an_https_key_others_may_read_stops_the_assigner_at_start() {
+    let pki = support::pki::Pki::new("open-key");
+    std::fs::set_permissions(&pki.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shown = pki.key.display().to_string();
+
+    let output = Command::new(berth_bin())
+        .args(["assigner", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .env_remove("BERTH_CONFIG")
+        .env_remove("BERTH_CREDENTIALS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+
+    let text = all_text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains(&format!("chmod 600 {shown}")), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
 }
