@@ -683,7 +683,20 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
 
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
+    // A token file others may read is refused, naming the chmod to run.
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let mut open = stack.berth(&["slot", "show", "ppa-1", "--format", "json"]);
+    open.env_remove("BERTH_TOKEN")
+        .arg("--token-file")
+        .arg(&token_file);
+    let out = run(open).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("chmod 600"),
+        "{}",
+        text(&out.stderr)
+    );
+    berth::secret_file::write_secret_file(&token_file, &format!("{token}\n")).unwrap();
     let mut status = stack.berth(&["slot", "show", "ppa-1", "--format", "json"]);
     status
         .env_remove("BERTH_TOKEN")

@@ -150,7 +150,14 @@ async fn assign(
     let priority = crate::access::effective_priority(request.priority, caller.client.as_deref());
     let reply = app
         .link
-        .assign(request_id, &pool, &owner, request.lease_secs, wait, priority)
+        .assign(
+            request_id,
+            &pool,
+            &owner,
+            request.lease_secs,
+            wait,
+            priority,
+        )
         .await
         .map_err(|err| match err {
             ExchangeError::BrokerDown => ApiError::BrokerDown,
