@@ -80,6 +80,12 @@ impl Names {
         format!("{}.events", self.namespace)
     }
 
+    /// `<ns>.live.<id>`: one assigner's own queue of every event, for its live page feed
+    /// (exclusive, gone with the assigner's connection).
+    pub fn live_queue(&self, id: &str) -> String {
+        format!("{}.live.{id}", self.namespace)
+    }
+
     /// `<ns>.dead`: where rejected messages go, with the reason in a header.
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.namespace)

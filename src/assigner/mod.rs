@@ -10,10 +10,13 @@ mod abandoned;
 mod api;
 mod connection;
 mod error;
+mod events_stream;
+mod feed;
 mod history;
 mod link;
 mod metrics;
 mod openapi;
+mod page;
 mod pending;
 mod routes;
 mod status;
@@ -42,6 +45,8 @@ pub(crate) struct AppState {
     link: link::Link,
     status: status::StatusCache,
     metrics: Arc<metrics::Metrics>,
+    /// The live events for the web page: one broker consumer, any number of streams.
+    feed: feed::Feed,
     /// Fires when the assigner begins to stop: waiting requests answer `503` at once.
     shutdown: CancellationToken,
 }
@@ -77,12 +82,14 @@ impl Application {
             link_stop.clone(),
             &tracker,
         );
+        let feed = feed::start(link.clone(), config.names(), link_stop.clone(), &tracker);
         let state = Arc::new(AppState {
             status: status::StatusCache::new(Arc::clone(&store), Arc::clone(&config)),
             config,
             store,
             link,
             metrics,
+            feed,
             shutdown,
         });
         Ok(Application {

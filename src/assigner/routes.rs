@@ -20,6 +20,8 @@ use super::api::{
     RenewRequest, Renewed, check_token,
 };
 use super::error::ApiError;
+use super::events_stream::events_stream;
+use super::page;
 use super::history::{self, parse_since};
 use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
@@ -48,6 +50,10 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>
         (Method::GET, "/v1/history", get(history)),
         (Method::GET, "/v1/slots", get(slots)),
         (Method::GET, "/v1/pools", get(pools)),
+        (Method::GET, "/v1/events/stream", get(events_stream)),
+        (Method::GET, "/", get(page::page)),
+        (Method::GET, "/page.js", get(page::script)),
+        (Method::GET, "/page.css", get(page::style)),
         (Method::GET, "/healthz", get(healthz)),
         (Method::GET, "/readyz", get(readyz)),
         (Method::GET, "/metrics", get(metrics)),
