@@ -210,14 +210,10 @@ async fn the_page_follows_the_slots_live() {
     );
 
     // The operator buttons come with a token, and the answer shows inline.
-    let buttons = browser
-        .client
-        .find_all(Locator::Css("td.actions button"))
-        .await
-        .unwrap();
-    for button in &buttons {
-        assert!(!button.is_displayed().await.unwrap(), "no buttons without a token");
-    }
+    let hidden = browser
+        .js("return Array.from(document.querySelectorAll('td.actions button')).every(b => b.offsetParent === null)")
+        .await;
+    assert_eq!(hidden, json!(true), "no buttons without a token");
     browser
         .client
         .find(Locator::Id("token"))
@@ -234,15 +230,21 @@ async fn the_page_follows_the_slots_live() {
         .click()
         .await
         .unwrap();
-    let disable = browser
-        .client
-        .find(Locator::Css(
-            "tr[data-slot='ppa-4'] td.actions button[data-action='disable']",
-        ))
-        .await
-        .unwrap();
-    assert!(disable.is_displayed().await.unwrap(), "buttons with a token");
-    disable.click().await.unwrap();
+    // Found and clicked again should a re-read have made the row's buttons anew meanwhile.
+    wait_for("the disable button to be clicked", WITHIN, || async {
+        let disable = browser
+            .client
+            .find(Locator::Css(
+                "tr[data-slot='ppa-4'] td.actions button[data-action='disable']",
+            ))
+            .await
+            .map_err(|err| err.to_string())?;
+        if !disable.is_displayed().await.map_err(|err| err.to_string())? {
+            return Err("the button is not shown".into());
+        }
+        disable.click().await.map_err(|err| err.to_string())
+    })
+    .await;
     browser
         .client
         .find(Locator::Id("action-reason"))

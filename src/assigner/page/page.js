@@ -276,12 +276,16 @@
     clean: { label: "Clean now", reason: false, ok: (s) => s.state === "dirty" },
   };
 
+  // Buttons are made again only when the actions allowed change (a button keeps its focus).
   function actions(tr, s) {
     const cell = $("td.actions", tr);
+    const allowed = Object.keys(ACTIONS).filter((name) => ACTIONS[name].ok(s));
+    if (cell.dataset.allowed === allowed.join(" ")) return;
+    cell.dataset.allowed = allowed.join(" ");
     const answer = $(".answer", cell);
     cell.replaceChildren();
-    for (const [name, a] of Object.entries(ACTIONS)) {
-      if (!a.ok(s)) continue;
+    for (const name of allowed) {
+      const a = ACTIONS[name];
       const b = document.createElement("button");
       b.type = "button";
       b.textContent = a.label;
