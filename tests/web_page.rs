@@ -209,6 +209,29 @@ async fn the_page_follows_the_slots_live() {
         "used, then cleaning, then free: {seen:?}"
     );
 
+    // The slot's name opens its recent history.
+    browser
+        .client
+        .find(Locator::Css(&format!("tr[data-slot='{slot}'] a.history")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for("the slot's history", WITHIN, || async {
+        let shown = browser
+            .js("return document.getElementById('history-body').textContent")
+            .await;
+        let shown = shown.as_str().unwrap_or_default().to_owned();
+        if shown.contains("assigned") && shown.contains("ci/job-41") && shown.contains("cleaned") {
+            Ok(())
+        } else {
+            Err(shown)
+        }
+    })
+    .await;
+    browser.js("document.getElementById('history-dialog').close(); return null").await;
+
     // The operator buttons come with a token, and the answer shows inline.
     let hidden = browser
         .js("return Array.from(document.querySelectorAll('td.actions button')).every(b => b.offsetParent === null)")
@@ -618,7 +641,7 @@ async fn screenshot() {
     })
     .await;
     let browser = Browser::start().await;
-    browser.client.set_window_size(1280, 640).await.unwrap();
+    browser.client.set_window_size(1280, 720).await.unwrap();
     browser.client.goto(&base).await.unwrap();
     browser.wait_live().await;
     browser

@@ -191,7 +191,7 @@ fn pool_section(
                 }
                 @if let Some((waiting, consumers)) = extras.queues.get(pool) {
                     " · " span data-count="waiting" { (waiting) " waiting" }
-                    " · " span data-count="consumers" { (consumers) " worker processes consuming" }
+                    " · " span data-count="consumers" { "worker processes taking requests: " (consumers) }
                 }
             }
             div.table-wrap {
@@ -277,12 +277,12 @@ fn notes(slot: &SlotStatus) -> Markup {
     let reason = slot.disabled_reason.as_deref().unwrap_or("");
     html! {
         @if slot.draining {
-            span.note { "Draining: disabled once its holder is done. " (reason) }
+            span.note { "Draining (disabled once its holder is done): " (reason) }
         } @else if slot.state == "disabled" {
             span.note { "Disabled: " (reason) }
         }
         @if slot.clean_failures > 0 {
-            span.note { "Cleaning failed " (slot.clean_failures) " times. " }
+            span.note { "Failed cleanings: " (slot.clean_failures) }
         }
         @if let Some(error) = &slot.last_error {
             span.note.error { (error) }

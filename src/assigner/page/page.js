@@ -82,9 +82,9 @@
       const notes = $("td.notes", tr);
       notes.replaceChildren();
       const reason = s.disabled_reason || "";
-      if (s.draining) notes.append(note("Draining: disabled once its holder is done. " + reason));
+      if (s.draining) notes.append(note("Draining (disabled once its holder is done): " + reason));
       else if (s.state === "disabled") notes.append(note("Disabled: " + reason));
-      if (s.clean_failures > 0) notes.append(note("Cleaning failed " + s.clean_failures + " times. "));
+      if (s.clean_failures > 0) notes.append(note("Failed cleanings: " + s.clean_failures));
       if (s.last_error) notes.append(note(s.last_error, "error"));
     }
     actions(tr, s);
