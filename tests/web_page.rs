@@ -352,6 +352,23 @@ async fn the_page_follows_the_slots_live() {
         json!("still here"),
         "the page was never reloaded"
     );
+    // A phone's width: nothing wider than the screen.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    wait_for("the page to fit a phone's width", WITHIN, || async {
+        let fit = browser
+            .js("const wide = Array.from(document.querySelectorAll('body *')) \
+                 .filter(e => e.getBoundingClientRect().right > window.innerWidth) \
+                 .map(e => e.tagName + '#' + e.id + '.' + e.className); \
+                 return [document.documentElement.scrollWidth, window.innerWidth, wide.slice(0, 5)]")
+            .await;
+        let (wide, screen, what): (u64, u64, Vec<String>) = serde_json::from_value(fit).unwrap();
+        if wide <= screen {
+            Ok(())
+        } else {
+            Err(format!("{wide} px wide on a {screen} px screen: {what:?}"))
+        }
+    })
+    .await;
     browser.close().await;
     stack.stop().await;
 }

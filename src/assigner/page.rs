@@ -56,9 +56,10 @@ pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Response {
         for slot in &pool.slots {
             let resource = app.store.resource(slot);
             let text = |key: &str| resource[key].as_str().unwrap_or_default().to_owned();
-            extras
-                .resources
-                .insert(slot.clone(), (text("reference"), text("self_link")));
+            extras.resources.insert(
+                slot.clone(),
+                (text("reference"), web_page_of(&text("self_link"))),
+            );
         }
     }
     let (status, markup) = match snapshot {
@@ -67,10 +68,13 @@ pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Response {
             let message = "The store could not be read just now; the page tries again by itself.";
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                render(&app, None, &extras, Some(message)),
+                render(&app, None, &extras, Some(message), Some("store")),
             )
         }
-        Some(Ok(snapshot)) => (StatusCode::OK, render(&app, Some(&snapshot), &extras, None)),
+        Some(Ok(snapshot)) => (
+            StatusCode::OK,
+            render(&app, Some(&snapshot), &extras, None, None),
+        ),
         None => (
             StatusCode::OK,
             render(
@@ -78,6 +82,7 @@ pub(crate) async fn page(State(app): State<Arc<AppState>>) -> Response {
                 None,
                 &extras,
                 Some("Give a token to see the slots."),
+                Some("denied"),
             ),
         ),
     };
@@ -109,6 +114,19 @@ pub(crate) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
+/// The page a person reads for a resource whose API address is `api`: Launchpad's API
+/// `https://api.launchpad.net/devel/~o/+archive/ubuntu/p` is the page
+/// `https://launchpad.net/~o/+archive/ubuntu/p`; any other address is linked as it is.
+fn web_page_of(api: &str) -> String {
+    if let Some(rest) = api.strip_prefix("https://api.")
+        && let Some((host, path)) = rest.split_once('/')
+        && let Some((_version, path)) = path.split_once('/')
+    {
+        return format!("https://{host}/{path}");
+    }
+    api.to_owned()
+}
+
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
         [
@@ -120,13 +138,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The whole page: the slots of `snapshot` (none when it is `None`, with `notice` saying
-/// why).
+/// The whole page: the slots of `snapshot`; none when it is `None`, with `notice` saying
+/// why and `unread` telling the script (`store`: the store could not be read, the page is
+/// served again once it can; `denied`: this request may not read the slots).
 fn render(
     app: &AppState,
     snapshot: Option<&Snapshot>,
     extras: &Extras,
     notice: Option<&str>,
+    unread: Option<&str>,
 ) -> Markup {
     let now = Utc::now();
     html! {
@@ -139,7 +159,7 @@ fn render(
                 link rel="stylesheet" href="/page.css";
                 script src="/page.js" defer {}
             }
-            body data-as-of=[snapshot.map(|s| s.as_of.to_rfc3339())] {
+            body data-as-of=[snapshot.map(|s| s.as_of.to_rfc3339())] data-unread=[unread] {
                 header {
                     h1 { "berth " span.ns { (app.config.namespace) } }
                     p #banner role="status" aria-live="polite" {
@@ -322,6 +342,20 @@ fn dialogs() -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn launchpad_api_addresses_link_to_their_web_page() {
+        assert_eq!(
+            web_page_of("https://api.launchpad.net/devel/~berth-ci/+archive/ubuntu/ppa-1"),
+            "https://launchpad.net/~berth-ci/+archive/ubuntu/ppa-1"
+        );
+        assert_eq!(
+            web_page_of("https://api.staging.launchpad.net/1.0/~o/+archive/ubuntu/p"),
+            "https://staging.launchpad.net/~o/+archive/ubuntu/p"
+        );
+        let fake = "http://127.0.0.1:8081/devel/~berth-ci/+archive/ubuntu/ppa-1";
+        assert_eq!(web_page_of(fake), fake);
+    }
 
     #[test]
     fn spans_read_as_a_person_would() {

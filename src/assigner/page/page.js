@@ -149,8 +149,8 @@
     const snap = await resp.json();
     const asOf = Date.parse(snap.as_of);
     let stale = false;
-    // Rendered while the store could not be read: the server renders the rows.
-    if (snap.slots.some((s) => !document.getElementById("slot-" + s.slot))) { location.reload(); return true; }
+    // Served while the store could not be read: the server renders the rows now.
+    if (document.body.dataset.unread === "store" && snap.slots.length) { location.reload(); return true; }
     for (const s of snap.slots) {
       const ev = eventAt[s.slot];
       // An event newer than this read wins, unless the read may be off by clocks.
