@@ -114,14 +114,18 @@ impl Browser {
 
     /// Waits until the row of `slot` says `state` (and `owner`, when given).
     async fn wait_row(&self, slot: &str, state: &str, owner: Option<&str>, within: Duration) {
-        wait_for(&format!("the row of {slot} to say {state}"), within, || async {
-            let row = self.row(slot).await;
-            if row.1 == state && owner.is_none_or(|owner| row.3 == owner) {
-                Ok(())
-            } else {
-                Err(format!("{row:?}"))
-            }
-        })
+        wait_for(
+            &format!("the row of {slot} to say {state}"),
+            within,
+            || async {
+                let row = self.row(slot).await;
+                if row.1 == state && owner.is_none_or(|owner| row.3 == owner) {
+                    Ok(())
+                } else {
+                    Err(format!("{row:?}"))
+                }
+            },
+        )
         .await;
     }
 
@@ -152,7 +156,7 @@ async fn acquire(http: &reqwest::Client, base: &str, owner: &str) -> (String, St
     let answer = post(
         http,
         &format!("{base}/v1/pools/{POOL}/acquire"),
-        json!({"owner": owner, "wait_secs": 5}),
+        json!({"owner": owner, "wait_secs": 30}),
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
@@ -186,7 +190,9 @@ async fn the_page_follows_the_slots_live() {
     assert!(rows.iter().all(|row| row.1 == "free"), "{rows:?}");
     browser.wait_live().await;
     // Survives as long as the page is not loaded again.
-    browser.js("window.notReloaded = 'still here'; return null").await;
+    browser
+        .js("window.notReloaded = 'still here'; return null")
+        .await;
 
     let (slot, token) = acquire(&http, &stack.base, "ci/job-41").await;
     let acquired = Instant::now();
@@ -230,7 +236,9 @@ async fn the_page_follows_the_slots_live() {
         }
     })
     .await;
-    browser.js("document.getElementById('history-dialog').close(); return null").await;
+    browser
+        .js("document.getElementById('history-dialog').close(); return null")
+        .await;
 
     // The operator buttons come with a token, and the answer shows inline.
     let hidden = browser
@@ -262,7 +270,11 @@ async fn the_page_follows_the_slots_live() {
             ))
             .await
             .map_err(|err| err.to_string())?;
-        if !disable.is_displayed().await.map_err(|err| err.to_string())? {
+        if !disable
+            .is_displayed()
+            .await
+            .map_err(|err| err.to_string())?
+        {
             return Err("the button is not shown".into());
         }
         disable.click().await.map_err(|err| err.to_string())
@@ -312,14 +324,15 @@ async fn the_page_follows_the_slots_live() {
     let notes = browser
         .js("return document.querySelector(\"tr[data-slot='ppa-4'] td.notes\").textContent")
         .await;
-    assert!(
-        notes.as_str().unwrap().contains("disk replaced"),
-        "{notes}"
-    );
+    assert!(notes.as_str().unwrap().contains("disk replaced"), "{notes}");
     let authorization = browser
         .js("return sessionStorage.getItem('berth-token')")
         .await;
-    assert_eq!(authorization, json!(operator_token()), "kept for the session");
+    assert_eq!(
+        authorization,
+        json!(operator_token()),
+        "kept for the session"
+    );
 
     // The assigner dies: the banner says so; started again, the page recovers by itself.
     stack.kill_assigner();
@@ -453,7 +466,14 @@ fn resource_addresses(html: &str) -> Vec<String> {
 /// broker lists them.
 fn live_consumers(namespace: &str) -> Vec<(String, u64)> {
     let out = Command::new("rabbitmqctl")
-        .args(["list_queues", "name", "consumers", "--formatter", "json", "-q"])
+        .args([
+            "list_queues",
+            "name",
+            "consumers",
+            "--formatter",
+            "json",
+            "-q",
+        ])
         .output()
         .expect("rabbitmqctl (it comes with the broker: deploy/ensure-rabbitmq.sh)");
     assert!(
@@ -546,6 +566,7 @@ fn rss_kib(pid: i32) -> u64 {
 /// A page left open for 10 minutes (`BERTH_PAGE_SOAK_SECS` to change it) while slots are
 /// acquired and released every couple of seconds: the assigner's resident memory, sampled
 /// every 30 s, printed. Fails if it grew by more than 16 MiB after the first minute.
+/// `BERTH_PAGE_SOAK_PAGE=0` runs the same without the page, for a baseline.
 /// `cargo test -p berth --test web_page -- --ignored --nocapture page_left_open`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a 10-minute measurement; run by hand"]
@@ -559,9 +580,16 @@ async fn page_left_open_does_not_grow_the_assigner() {
     let stack = Stack::start(2, 30, "text").await;
     let pid = stack.assigner_pid().unwrap();
     let http = reqwest::Client::new();
-    let browser = Browser::start().await;
-    browser.client.goto(&stack.base).await.unwrap();
-    browser.wait_live().await;
+    let with_page = std::env::var("BERTH_PAGE_SOAK_PAGE").as_deref() != Ok("0");
+    let browser = if with_page {
+        let browser = Browser::start().await;
+        browser.client.goto(&stack.base).await.unwrap();
+        browser.wait_live().await;
+        Some(browser)
+    } else {
+        None
+    };
+    eprintln!("with a page open: {with_page}");
     let started = Instant::now();
     let mut next_sample = started;
     let mut samples = Vec::new();
@@ -569,7 +597,10 @@ async fn page_left_open_does_not_grow_the_assigner() {
     while started.elapsed() < soak {
         if Instant::now() >= next_sample {
             let rss = rss_kib(pid);
-            eprintln!("t={:>4}s rss={rss} KiB cycles={cycles}", started.elapsed().as_secs());
+            eprintln!(
+                "t={:>4}s rss={rss} KiB cycles={cycles}",
+                started.elapsed().as_secs()
+            );
             samples.push((started.elapsed(), rss));
             next_sample += Duration::from_secs(30);
         }
@@ -580,13 +611,21 @@ async fn page_left_open_does_not_grow_the_assigner() {
     }
     let rss = rss_kib(pid);
     samples.push((started.elapsed(), rss));
-    eprintln!("t={:>4}s rss={rss} KiB cycles={cycles}", started.elapsed().as_secs());
+    eprintln!(
+        "t={:>4}s rss={rss} KiB cycles={cycles}",
+        started.elapsed().as_secs()
+    );
     let after_warmup = samples
         .iter()
         .find(|(t, _)| *t >= Duration::from_secs(60))
         .map_or(samples[0].1, |s| s.1);
-    browser.wait_live().await;
-    browser.close().await;
+    if let Some(browser) = browser {
+        browser.wait_live().await;
+        for slot in ["ppa-1", "ppa-2"] {
+            browser.wait_row(slot, "free", None, WITHIN).await;
+        }
+        browser.close().await;
+    }
     stack.stop().await;
     assert!(
         rss <= after_warmup + 16 * 1024,

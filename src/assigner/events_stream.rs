@@ -59,7 +59,9 @@ fn events(receiver: Receiver<Item>, up: bool) -> impl Stream<Item = Result<SseEv
 }
 
 fn feed_event(up: bool) -> SseEvent {
-    SseEvent::default()
-        .event("feed")
-        .data(if up { r#"{"up":true}"# } else { r#"{"up":false}"# })
+    SseEvent::default().event("feed").data(if up {
+        r#"{"up":true}"#
+    } else {
+        r#"{"up":false}"#
+    })
 }

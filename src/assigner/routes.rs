@@ -21,11 +21,11 @@ use super::api::{
 };
 use super::error::ApiError;
 use super::events_stream::events_stream;
-use super::page;
 use super::history::{self, parse_since};
 use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
 use super::openapi::{ErrorBody, Health, HistoryEvent, Pools, Released};
+use super::page;
 use super::status::{SlotDetail, Snapshot, pool_counts};
 use crate::lease::token_matches;
 use crate::protocol::{Control, Event, PROTOCOL_VERSION, RenewOutcome};
