@@ -65,3 +65,73 @@ fn feed_event(up: bool) -> SseEvent {
         r#"{"up":false}"#
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::assigner::feed::CAPACITY;
+
+    /// What a stream sends, as `event:` and `data:` text.
+    async fn next_text(
+        stream: &mut (impl Stream<Item = Result<SseEvent, Infallible>> + Unpin),
+    ) -> String {
+        let event = stream.next().await.expect("an event").unwrap();
+        let sse = Sse::new(futures::stream::iter([Ok::<_, Infallible>(event)]));
+        let body = sse.into_response().into_body();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_stream_says_the_feed_then_forwards_events() {
+        let (sender, receiver) = broadcast::channel(CAPACITY);
+        let mut stream = Box::pin(events(receiver, false));
+        assert_eq!(
+            next_text(&mut stream).await,
+            "event: feed\ndata: {\"up\":false}\n\n"
+        );
+        sender.send(Item::Up(true)).unwrap();
+        sender
+            .send(Item::Event(r#"{"slot":"ppa-1"}"#.into()))
+            .unwrap();
+        assert_eq!(
+            next_text(&mut stream).await,
+            "event: feed\ndata: {\"up\":true}\n\n"
+        );
+        assert_eq!(
+            next_text(&mut stream).await,
+            "event: slot\ndata: {\"slot\":\"ppa-1\"}\n\n"
+        );
+        drop(sender);
+        assert!(
+            stream.next().await.is_none(),
+            "the stream ends with the feed"
+        );
+    }
+
+    /// A page that does not read is not buffered for: past the channel's capacity it misses
+    /// the oldest items and is told to re-read, then goes on with what the channel kept.
+    #[tokio::test]
+    async fn a_slow_stream_is_told_to_resync_instead_of_buffering() {
+        let (sender, receiver) = broadcast::channel(CAPACITY);
+        let mut stream = Box::pin(events(receiver, true));
+        next_text(&mut stream).await;
+        for n in 0..CAPACITY * 4 {
+            sender
+                .send(Item::Event(format!("{{\"n\":{n}}}").into()))
+                .unwrap();
+        }
+        assert_eq!(
+            sender.len(),
+            CAPACITY,
+            "the channel keeps its capacity, no more"
+        );
+        assert_eq!(next_text(&mut stream).await, "event: resync\ndata: {}\n\n");
+        assert_eq!(
+            next_text(&mut stream).await,
+            format!("event: slot\ndata: {{\"n\":{}}}\n\n", CAPACITY * 3)
+        );
+    }
+}
