@@ -205,6 +205,7 @@ async fn announce_when_ready(
         "  curl -X POST {addr}/v1/pools/ppa/acquire{bearer} -H 'content-type: application/json' -d '{{\"owner\":\"me\"}}'"
     );
     println!("Status: curl{bearer} {addr}/v1/pools   Metrics: curl {addr}/metrics");
+    println!("Web page: http://{addr}/");
     match worker_metrics {
         Some(workers) => {
             println!("Worker metrics (one process per slot):");

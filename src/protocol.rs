@@ -152,6 +152,12 @@ impl Names {
         format!("{}.events", self.namespace)
     }
 
+    /// `<ns>.live.<id>`: one assigner's own queue of every event, for its live page feed
+    /// (exclusive, gone with the assigner's connection).
+    pub fn live_queue(&self, id: &str) -> String {
+        format!("{}.live.{id}", self.namespace)
+    }
+
     /// `<ns>.dead.v2`: where rejected messages go, with the reason in a header; bounded by
     /// `x-max-length`. The `v2` because queue arguments cannot change on an existing queue:
     /// `<ns>.dead` of berth before the bound is left alone ([`Names::legacy_dead_queue`]).

@@ -36,7 +36,11 @@ pub(crate) enum Access {
 /// does not know, which the router refuses to build (a test checks every route has one).
 pub(crate) fn access(method: &Method, path: &str) -> Option<Access> {
     let access = match (method.as_str(), path) {
-        ("GET", "/healthz" | "/readyz" | "/openapi.json") => Access::Open,
+        // The web page and its assets: a browser's navigation carries no token; the page's
+        // rows follow `AuthConfig::reads_are_public`, its script sends the token it is given.
+        ("GET", "/healthz" | "/readyz" | "/openapi.json" | "/" | "/page.js" | "/page.css") => {
+            Access::Open
+        }
         ("GET", "/metrics") => Access::Metrics,
         (
             "GET",
@@ -44,7 +48,8 @@ pub(crate) fn access(method: &Method, path: &str) -> Option<Access> {
             | "/v1/pools"
             | "/v1/history"
             | "/v1/slots/{slot}"
-            | "/v1/slots/{slot}/history",
+            | "/v1/slots/{slot}/history"
+            | "/v1/events/stream",
         ) => Access::Read,
         (
             "POST",

@@ -319,6 +319,7 @@ mod tests {
             touched: None,
             clean_failures: 0,
             last_error: None,
+            disabled_reason: None,
         };
         let snapshot = Snapshot {
             as_of: chrono::Utc::now(),

@@ -11,10 +11,13 @@ mod api;
 mod auth;
 mod connection;
 mod error;
+mod events_stream;
+mod feed;
 mod history;
 mod link;
 mod metrics;
 mod openapi;
+mod page;
 mod pending;
 mod quota;
 mod routes;
@@ -49,6 +52,8 @@ pub(crate) struct AppState {
     keys: auth::Keys,
     /// The clients' waiting requests and the grants given back for `max_held`.
     quotas: quota::Quotas,
+    /// The live events for the web page: one broker consumer, any number of streams.
+    feed: feed::Feed,
     /// Fires when the assigner begins to stop: waiting requests answer `503` at once.
     shutdown: CancellationToken,
 }
@@ -92,6 +97,7 @@ impl Application {
             link_stop.clone(),
             &tracker,
         );
+        let feed = feed::start(link.clone(), config.names(), link_stop.clone(), &tracker);
         let state = Arc::new(AppState {
             status: status::StatusCache::new(Arc::clone(&store), Arc::clone(&config)),
             keys: auth::Keys::new(&config.auth),
@@ -100,6 +106,7 @@ impl Application {
             store,
             link,
             metrics,
+            feed,
             shutdown,
         });
         Ok(Application {

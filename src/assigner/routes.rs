@@ -21,10 +21,12 @@ use super::api::{
 };
 use super::auth::{Caller, authorize};
 use super::error::ApiError;
+use super::events_stream::events_stream;
 use super::history::{self, parse_since};
 use super::link::ExchangeError;
 use super::metrics::{CONTENT_TYPE, record_answers};
 use super::openapi::{ErrorBody, Health, HistoryEvent, Pools, Released};
+use super::page;
 use super::status::{SlotDetail, Snapshot, pool_counts};
 use crate::access::client_of_owner;
 use crate::lease::token_matches;
@@ -50,6 +52,10 @@ pub(crate) fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>
         (Method::GET, "/v1/history", get(history)),
         (Method::GET, "/v1/slots", get(slots)),
         (Method::GET, "/v1/pools", get(pools)),
+        (Method::GET, "/v1/events/stream", get(events_stream)),
+        (Method::GET, "/", get(page::page)),
+        (Method::GET, "/page.js", get(page::script)),
+        (Method::GET, "/page.css", get(page::style)),
         (Method::GET, "/healthz", get(healthz)),
         (Method::GET, "/readyz", get(readyz)),
         (Method::GET, "/metrics", get(metrics)),

@@ -34,6 +34,8 @@ pub(crate) struct SlotStatus {
     pub(crate) touched: Option<DateTime<Utc>>,
     pub(crate) clean_failures: u32,
     pub(crate) last_error: Option<String>,
+    /// Why the slot is disabled or draining, as the operator said.
+    pub(crate) disabled_reason: Option<String>,
 }
 
 /// One slot as `GET /v1/slots/{slot}` shows it, read from the store for the request.
@@ -181,6 +183,9 @@ impl StatusCache {
                             touched: detail.touched,
                             clean_failures: detail.clean_failures,
                             last_error: detail.last_error,
+                            disabled_reason: detail
+                                .disabled_reason
+                                .or(detail.drain.map(|drain| drain.reason)),
                         }
                     }
                     None => SlotStatus {
@@ -197,6 +202,7 @@ impl StatusCache {
                             "the store has no resource named {slot:?} for owner {:?}",
                             self.config.store.owner
                         )),
+                        disabled_reason: None,
                     },
                 };
                 slots.push(status);

@@ -169,6 +169,11 @@ impl Stack {
         assert_eq!(status.code(), None, "killed by a signal");
     }
 
+    /// The process id of the running assigner.
+    pub fn assigner_pid(&self) -> Option<i32> {
+        self.assigner.as_ref().map(Proc::pid)
+    }
+
     /// The stderr of the assigner's `n`th start (1 for the first).
     pub fn assigner_log(&self, n: usize) -> PathBuf {
         self.dir.path().join(format!("assigner-{n}.log"))
