@@ -1,0 +1,549 @@
+//! `berth-bench broker-cost`: what each per-slot broker object costs, per node, on the
+//! bench's own node or cluster ([`super::rabbit`]), and how long queues take to come back
+//! after a node loss and after a full restart.
+//!
+//! Each kind of object is declared from 0 up to each count in turn, on connections to node
+//! 1, and every node's memory (Erlang's own figure after a garbage collection, and the VM's
+//! RSS) and object counts are read at each step; the cost per object is the growth over the
+//! step before. Then the durable queues kept (classic and, on a cluster, quorum) are probed
+//! with `basic.get` — which needs the queue's process or leader to answer — after node 1 is
+//! killed, and after every node is stopped and started again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lapin::options::{
+    BasicConsumeOptions, BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection};
+use serde::Serialize;
+
+use super::rabbit::{Cluster, NodeStats};
+
+/// Channels a declare or probe loop runs on at once.
+const PARALLEL: usize = 8;
+/// Channels per connection where a kind needs many (berth's own figure, README).
+const CHANNELS_PER_CONNECTION: usize = 100;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BrokerCostOptions {
+    pub nodes: usize,
+    /// Steps of the classic kinds, consumers and channels, ascending.
+    pub counts: Vec<usize>,
+    /// Steps of the quorum queues, ascending (only on a cluster).
+    pub quorum_counts: Vec<usize>,
+    /// Measure recovery after a node loss and a full restart.
+    pub recovery: bool,
+}
+
+/// One kind of object at one count.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub kind: &'static str,
+    pub count: usize,
+    /// Declaring the objects added in this step, wall clock.
+    pub declare_ms: f64,
+    pub declare_per_sec: f64,
+    pub nodes: Vec<NodeStats>,
+    /// Per node, Erlang memory added per object over the step before, KiB.
+    pub erlang_kib_per_object: Vec<f64>,
+    /// Per node, VM RSS added per object over the step before, KiB.
+    pub rss_kib_per_object: Vec<f64>,
+}
+
+/// How long the kept queues took to answer again.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recovery {
+    pub event: &'static str,
+    pub classic_queues: usize,
+    pub quorum_queues: usize,
+    /// From the event (the kill, the stop) until every quorum queue answers, on a node
+    /// still up or back.
+    pub quorum_back_ms: Option<f64>,
+    /// From the event until every classic durable queue answers (needs its node back).
+    pub classic_back_ms: Option<f64>,
+    /// Of which the node or nodes took this to accept connections again.
+    pub nodes_up_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BrokerCost {
+    pub nodes: usize,
+    pub node_names: Vec<String>,
+    pub baseline: Vec<NodeStats>,
+    pub steps: Vec<Step>,
+    pub recovery: Vec<Recovery>,
+}
+
+/// Runs the measurement on a fresh node or cluster, which is stopped and removed at the end.
+pub async fn run(options: &BrokerCostOptions) -> anyhow::Result<BrokerCost> {
+    eprintln!("broker-cost: starting {} node(s)", options.nodes);
+    let mut cluster = Cluster::start(options.nodes)?;
+    let result = measure(&mut cluster, options).await;
+    drop(cluster);
+    result
+}
+
+async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::Result<BrokerCost> {
+    let url = cluster.url(0);
+    let connection = berth::broker::connect(&url, "berth-bench broker-cost").await?;
+    settle().await;
+    let baseline = cluster.all_stats()?;
+    let mut steps = Vec::new();
+
+    // Classic durable queues: kept for the recovery probes.
+    let mut before = baseline.clone();
+    let mut declared = 0;
+    for &count in &options.counts {
+        eprintln!("broker-cost: {count} classic durable queues");
+        let names: Vec<String> = (declared..count).map(|k| format!("cd.{k}")).collect();
+        let started = Instant::now();
+        declare_all(&connection, &names, durable(), FieldTable::default()).await?;
+        let step = step(
+            cluster,
+            "classic_durable_queue",
+            count,
+            count - declared,
+            started.elapsed(),
+            &before,
+        )
+        .await?;
+        before = step.nodes.clone();
+        declared = count;
+        steps.push(step);
+    }
+    let classic_kept: Vec<String> = (0..declared).map(|k| format!("cd.{k}")).collect();
+
+    // Non-durable classic queues, each consumed exclusively (today's lock, the likely
+    // lock of the cluster work), on a few shared channels so that channels are not counted.
+    let held = open_connections(&url, 1).await?;
+    let channels = open_channels(&held, PARALLEL).await?;
+    let mut consumers = Vec::new();
+    declared = 0;
+    for &count in &options.counts {
+        eprintln!("broker-cost: {count} non-durable classic queues with an exclusive consumer");
+        let started = Instant::now();
+        let names: Vec<String> = (declared..count).map(|k| format!("lock.{k}")).collect();
+        consumers.extend(consume_all(&channels, &names, true, true).await?);
+        let step = step(
+            cluster,
+            "classic_transient_queue_exclusive_consumer",
+            count,
+            count - declared,
+            started.elapsed(),
+            &before,
+        )
+        .await?;
+        before = step.nodes.clone();
+        declared = count;
+        steps.push(step);
+    }
+    close_all(held).await;
+    drop(consumers);
+    settle().await;
+    before = cluster.all_stats()?;
+
+    // Consumers alone: many consumers of one queue, on a few shared channels.
+    let held = open_connections(&url, 1).await?;
+    let channels = open_channels(&held, PARALLEL).await?;
+    channels[0]
+        .queue_declare(
+            "consumed".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumers = Vec::new();
+    declared = 0;
+    for &count in &options.counts {
+        eprintln!("broker-cost: {count} consumers");
+        let started = Instant::now();
+        let names = vec!["consumed".to_owned(); count - declared];
+        consumers.extend(consume_all(&channels, &names, false, false).await?);
+        let step = step(
+            cluster,
+            "consumer",
+            count,
+            count - declared,
+            started.elapsed(),
+            &before,
+        )
+        .await?;
+        before = step.nodes.clone();
+        declared = count;
+        steps.push(step);
+    }
+    let _ = channels[0]
+        .queue_delete("consumed".into(), QueueDeleteOptions::default())
+        .await;
+    close_all(held).await;
+    drop(consumers);
+    settle().await;
+    before = cluster.all_stats()?;
+
+    // Channels, as berth opens them: one per slot worker, 100 to a connection (the
+    // connections are counted in; see `connections` in the node figures).
+    let mut held = Vec::new();
+    let mut open = Vec::new();
+    declared = 0;
+    for &count in &options.counts {
+        eprintln!("broker-cost: {count} channels");
+        let started = Instant::now();
+        let mut left = count - declared;
+        let fresh = open_connections(&url, left.div_ceil(CHANNELS_PER_CONNECTION)).await?;
+        for connection in &fresh {
+            let here = left.min(CHANNELS_PER_CONNECTION);
+            open.extend(open_channels(std::slice::from_ref(connection), here).await?);
+            left -= here;
+        }
+        held.extend(fresh);
+        let step = step(
+            cluster,
+            "channel_100_per_connection",
+            count,
+            count - declared,
+            started.elapsed(),
+            &before,
+        )
+        .await?;
+        before = step.nodes.clone();
+        declared = count;
+        steps.push(step);
+    }
+    drop(open);
+    close_all(held).await;
+    settle().await;
+    before = cluster.all_stats()?;
+
+    // Quorum queues, replicated on every node, leaders on node 1 (declared there).
+    let mut quorum_kept = Vec::new();
+    if cluster.len() > 1 {
+        declared = 0;
+        for &count in &options.quorum_counts {
+            eprintln!("broker-cost: {count} quorum queues");
+            let names: Vec<String> = (declared..count).map(|k| format!("qq.{k}")).collect();
+            let started = Instant::now();
+            declare_all(&connection, &names, durable(), quorum()).await?;
+            let step = step(
+                cluster,
+                "quorum_queue",
+                count,
+                count - declared,
+                started.elapsed(),
+                &before,
+            )
+            .await?;
+            before = step.nodes.clone();
+            declared = count;
+            steps.push(step);
+        }
+        quorum_kept = (0..declared).map(|k| format!("qq.{k}")).collect();
+    }
+    let _ = connection.close(200, "measured".into()).await;
+
+    let mut recovery = Vec::new();
+    if options.recovery {
+        recovery.push(node_loss(cluster, &classic_kept, &quorum_kept).await?);
+        recovery.push(full_restart(cluster, &classic_kept, &quorum_kept).await?);
+    }
+    Ok(BrokerCost {
+        nodes: cluster.len(),
+        node_names: (0..cluster.len())
+            .map(|i| cluster.name(i).to_owned())
+            .collect(),
+        baseline,
+        steps,
+        recovery,
+    })
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    arguments
+}
+
+/// A moment for the broker to finish what the last step started (stats emission, GC).
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+async fn step(
+    cluster: &Cluster,
+    kind: &'static str,
+    count: usize,
+    added: usize,
+    took: Duration,
+    before: &[NodeStats],
+) -> anyhow::Result<Step> {
+    settle().await;
+    let nodes = cluster.all_stats()?;
+    let per = |f: fn(&NodeStats) -> f64| -> Vec<f64> {
+        nodes
+            .iter()
+            .zip(before)
+            .map(|(now, then)| (f(now) - f(then)) * 1024.0 / added.max(1) as f64)
+            .collect()
+    };
+    let step = Step {
+        kind,
+        count,
+        declare_ms: took.as_secs_f64() * 1000.0,
+        declare_per_sec: added as f64 / took.as_secs_f64().max(f64::EPSILON),
+        erlang_kib_per_object: per(|s| s.erlang_mib),
+        rss_kib_per_object: per(|s| s.rss_mib),
+        nodes,
+    };
+    eprintln!(
+        "broker-cost:   {kind} x{count}: {:.0} ms, Erlang KiB/object per node {:?}",
+        step.declare_ms,
+        step.erlang_kib_per_object
+            .iter()
+            .map(|k| (k * 10.0).round() / 10.0)
+            .collect::<Vec<_>>()
+    );
+    Ok(step)
+}
+
+async fn open_connections(url: &str, count: usize) -> anyhow::Result<Vec<Connection>> {
+    let mut connections = Vec::new();
+    for _ in 0..count {
+        connections.push(berth::broker::connect(url, "berth-bench broker-cost").await?);
+    }
+    Ok(connections)
+}
+
+async fn open_channels(connections: &[Connection], per: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for connection in connections {
+        for _ in 0..per {
+            channels.push(connection.create_channel().await?);
+        }
+    }
+    Ok(channels)
+}
+
+async fn close_all(connections: Vec<Connection>) {
+    for connection in connections {
+        let _ = connection.close(200, "measured".into()).await;
+    }
+}
+
+/// Declares `names` on [`PARALLEL`] channels of `connection`.
+async fn declare_all(
+    connection: &Connection,
+    names: &[String],
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) -> anyhow::Result<()> {
+    let work = (0..PARALLEL).map(|k| {
+        let arguments = arguments.clone();
+        async move {
+            let channel = connection.create_channel().await?;
+            for name in names.iter().skip(k).step_by(PARALLEL) {
+                channel
+                    .queue_declare(name.as_str().into(), options, arguments.clone())
+                    .await
+                    .with_context(|| format!("declare {name}"))?;
+            }
+            let _ = channel.close(200, "declared".into()).await;
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    for done in futures::future::join_all(work).await {
+        done?;
+    }
+    Ok(())
+}
+
+/// Consumes each of `names` once, spread over `channels`; declares them first (non-durable)
+/// when `declare`.
+async fn consume_all(
+    channels: &[Channel],
+    names: &[String],
+    declare: bool,
+    exclusive: bool,
+) -> anyhow::Result<Vec<lapin::Consumer>> {
+    let work = channels.iter().enumerate().map(|(k, channel)| async move {
+        let mut consumers = Vec::new();
+        for name in names.iter().skip(k).step_by(channels.len()) {
+            if declare {
+                channel
+                    .queue_declare(
+                        name.as_str().into(),
+                        QueueDeclareOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            consumers.push(
+                channel
+                    .basic_consume(
+                        name.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions {
+                            exclusive,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?,
+            );
+        }
+        Ok::<_, lapin::Error>(consumers)
+    });
+    let mut consumers = Vec::new();
+    for part in futures::future::join_all(work).await {
+        consumers.extend(part?);
+    }
+    Ok(consumers)
+}
+
+/// How long to wait for queues to come back before giving up on a probe.
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Waits until every queue of `names` answers a `basic.get` through `url` (a failed get
+/// closes its channel, which is opened again; a get left unanswered is given up after a
+/// few seconds). Answers when that was, or `None` after [`RECOVERY_DEADLINE`].
+async fn probe_until_back(url: &str, names: &[String], since: Instant) -> Option<Duration> {
+    let mut missing: Vec<String> = names.to_vec();
+    while since.elapsed() < RECOVERY_DEADLINE {
+        let Ok(connection) = berth::broker::connect(url, "berth-bench probe").await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while !missing.is_empty() && since.elapsed() < RECOVERY_DEADLINE {
+            let connection = &connection;
+            let work = (0..PARALLEL).map(|k| {
+                let missing = &missing;
+                async move {
+                    let mut still = Vec::new();
+                    let mut channel = connection.create_channel().await.ok();
+                    for name in missing.iter().skip(k).step_by(PARALLEL) {
+                        if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+                            channel = connection.create_channel().await.ok();
+                        }
+                        let answered = match &channel {
+                            Some(c) => matches!(
+                                tokio::time::timeout(
+                                    Duration::from_secs(5),
+                                    c.basic_get(
+                                        name.as_str().into(),
+                                        BasicGetOptions { no_ack: true }
+                                    ),
+                                )
+                                .await,
+                                Ok(Ok(_))
+                            ),
+                            None => false,
+                        };
+                        if !answered {
+                            // A get left hanging keeps its channel busy: use a fresh one.
+                            channel = None;
+                            still.push(name.clone());
+                        }
+                    }
+                    if let Some(c) = channel {
+                        let _ = c.close(200, "probed".into()).await;
+                    }
+                    still
+                }
+            });
+            let mut still = Vec::new();
+            for part in futures::future::join_all(work).await {
+                still.extend(part);
+            }
+            missing = still;
+            if !connection.status().connected() {
+                break;
+            }
+            if !missing.is_empty() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        let _ = connection.close(200, "probed".into()).await;
+        if missing.is_empty() {
+            return Some(since.elapsed());
+        }
+    }
+    None
+}
+
+/// Node 1 (home of the classic queues, leader of the quorum queues) is killed; the
+/// quorum queues are probed through node 2 until a new leader answers for each; node 1 is
+/// started again and the classic queues are probed until they answer.
+async fn node_loss(
+    cluster: &mut Cluster,
+    classic: &[String],
+    quorum: &[String],
+) -> anyhow::Result<Recovery> {
+    eprintln!("broker-cost: node 1 killed");
+    let since = Instant::now();
+    cluster.kill(0);
+    let quorum_back = if cluster.len() > 1 && !quorum.is_empty() {
+        let back = probe_until_back(&cluster.url(1), quorum, since).await;
+        eprintln!("broker-cost:   quorum queues back after {back:?}");
+        back
+    } else {
+        None
+    };
+    cluster.launch(&[0])?;
+    let nodes_up = since.elapsed();
+    let classic_back = probe_until_back(&cluster.url(0), classic, since).await;
+    eprintln!(
+        "broker-cost:   node 1 up after {nodes_up:?}, classic queues back after {classic_back:?}"
+    );
+    Ok(Recovery {
+        event: "node 1 killed (SIGKILL), then started again",
+        classic_queues: classic.len(),
+        quorum_queues: quorum.len(),
+        quorum_back_ms: quorum_back.map(|d| d.as_secs_f64() * 1000.0),
+        classic_back_ms: classic_back.map(|d| d.as_secs_f64() * 1000.0),
+        nodes_up_ms: nodes_up.as_secs_f64() * 1000.0,
+    })
+}
+
+/// Every node stopped (SIGTERM, last one first), then all started at once.
+async fn full_restart(
+    cluster: &mut Cluster,
+    classic: &[String],
+    quorum: &[String],
+) -> anyhow::Result<Recovery> {
+    eprintln!("broker-cost: every node stopped and started again");
+    let since = Instant::now();
+    for i in (0..cluster.len()).rev() {
+        cluster.stop(i);
+    }
+    let all: Vec<usize> = (0..cluster.len()).collect();
+    cluster.launch(&all)?;
+    let nodes_up = since.elapsed();
+    let quorum_back = if quorum.is_empty() {
+        None
+    } else {
+        probe_until_back(&cluster.url(0), quorum, since).await
+    };
+    let classic_back = probe_until_back(&cluster.url(0), classic, since).await;
+    eprintln!(
+        "broker-cost:   nodes up after {nodes_up:?}, quorum back after {quorum_back:?}, classic after {classic_back:?}"
+    );
+    Ok(Recovery {
+        event: "every node stopped (SIGTERM) and started again",
+        classic_queues: classic.len(),
+        quorum_queues: quorum.len(),
+        quorum_back_ms: quorum_back.map(|d| d.as_secs_f64() * 1000.0),
+        classic_back_ms: classic_back.map(|d| d.as_secs_f64() * 1000.0),
+        nodes_up_ms: nodes_up.as_secs_f64() * 1000.0,
+    })
+}
