@@ -183,6 +183,51 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
     settle().await;
     before = cluster.all_stats()?;
 
+    // Bindings: slots as routing keys of a direct exchange, all to one queue (a control
+    // queue per worker process instead of one per slot).
+    let channel = connection.create_channel().await?;
+    channel
+        .exchange_declare(
+            "slots".into(),
+            lapin::ExchangeKind::Direct,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare("bound".into(), durable(), FieldTable::default())
+        .await?;
+    let _ = channel.close(200, "declared".into()).await;
+    declared = 0;
+    for &count in &options.counts {
+        eprintln!("broker-cost: {count} bindings");
+        let keys: Vec<String> = (declared..count).map(|k| format!("slot-{k}")).collect();
+        let started = Instant::now();
+        bind_all(&connection, &keys).await?;
+        let step = step(
+            cluster,
+            "binding_slot_routing_key",
+            count,
+            count - declared,
+            started.elapsed(),
+            &before,
+        )
+        .await?;
+        before = step.nodes.clone();
+        declared = count;
+        steps.push(step);
+    }
+    let channel = connection.create_channel().await?;
+    let _ = channel
+        .queue_delete("bound".into(), QueueDeleteOptions::default())
+        .await;
+    let _ = channel
+        .exchange_delete("slots".into(), Default::default())
+        .await;
+    let _ = channel.close(200, "deleted".into()).await;
+    settle().await;
+    before = cluster.all_stats()?;
+
     // Channels, as berth opens them: one per slot worker, 100 to a connection (the
     // connections are counted in; see `connections` in the node figures).
     let mut held = Vec::new();
@@ -245,8 +290,15 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
 
     let mut recovery = Vec::new();
     if options.recovery {
-        recovery.push(node_loss(cluster, &classic_kept, &quorum_kept).await?);
-        recovery.push(full_restart(cluster, &classic_kept, &quorum_kept).await?);
+        // A failed probe is reported, and the figures measured so far are kept.
+        match node_loss(cluster, &classic_kept, &quorum_kept).await {
+            Ok(r) => recovery.push(r),
+            Err(err) => eprintln!("broker-cost: node loss not measured: {err:#}"),
+        }
+        match full_restart(cluster, &classic_kept, &quorum_kept).await {
+            Ok(r) => recovery.push(r),
+            Err(err) => eprintln!("broker-cost: full restart not measured: {err:#}"),
+        }
     }
     Ok(BrokerCost {
         nodes: cluster.len(),
@@ -264,6 +316,38 @@ fn durable() -> QueueDeclareOptions {
         durable: true,
         ..Default::default()
     }
+}
+
+fn durable_exchange() -> lapin::options::ExchangeDeclareOptions {
+    lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+/// Binds `keys` from the exchange `slots` to the queue `bound`, on [`PARALLEL`] channels.
+async fn bind_all(connection: &Connection, keys: &[String]) -> anyhow::Result<()> {
+    let work = (0..PARALLEL).map(|k| async move {
+        let channel = connection.create_channel().await?;
+        for key in keys.iter().skip(k).step_by(PARALLEL) {
+            channel
+                .queue_bind(
+                    "bound".into(),
+                    "slots".into(),
+                    key.as_str().into(),
+                    lapin::options::QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .with_context(|| format!("bind {key}"))?;
+        }
+        let _ = channel.close(200, "bound".into()).await;
+        Ok::<_, anyhow::Error>(())
+    });
+    for done in futures::future::join_all(work).await {
+        done?;
+    }
+    Ok(())
 }
 
 fn quorum() -> FieldTable {

@@ -137,17 +137,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .await?,
                 )
             };
-            let worker = if worker_slots > 0 {
-                Some(
-                    berth_bench::worker_broker::run(nodes, worker_slots, broker_list, &bin_dir)
-                        .await?,
-                )
+            // A failed worker run is reported next to the object figures, not instead.
+            let (worker, worker_error) = if worker_slots > 0 {
+                match berth_bench::worker_broker::run(nodes, worker_slots, broker_list, &bin_dir)
+                    .await
+                {
+                    Ok(worker) => (Some(worker), None),
+                    Err(err) => {
+                        eprintln!("berth-bench: worker run failed: {err:#}");
+                        (None, Some(format!("{err:#}")))
+                    }
+                }
             } else {
-                None
+                (None, None)
             };
-            Some(serde_json::to_string_pretty(
-                &serde_json::json!({ "objects": objects, "worker": worker }),
-            )?)
+            Some(serde_json::to_string_pretty(&serde_json::json!({
+                "objects": objects,
+                "worker": worker,
+                "worker_error": worker_error,
+            }))?)
         }
         Some(Measure::StoreCalls {
             cycles,

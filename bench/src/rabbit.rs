@@ -136,11 +136,33 @@ impl Cluster {
             node.beam_pid = None;
         }
         for &i in which {
-            self.wait_ready(i)?;
-            let pid = self.eval(i, "os:getpid().")?;
+            self.wait_ready(i).map_err(|e| e.context(self.tail(i)))?;
+            // The port may answer before the CLI can reach the node: ask until it does.
+            let started = Instant::now();
+            let pid = loop {
+                match self.eval(i, "os:getpid().") {
+                    Ok(pid) => break pid,
+                    Err(err) if started.elapsed() > Duration::from_secs(60) => {
+                        return Err(err.context(self.tail(i)));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                }
+            };
             self.nodes[i].beam_pid = pid.trim().trim_matches('"').parse().ok();
         }
         Ok(())
+    }
+
+    /// The last lines of node `i`'s output, for an error.
+    fn tail(&self, i: usize) -> String {
+        let out = std::fs::read_to_string(self.nodes[i].dir.join("server.out")).unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        format!(
+            "{} output:\n{}",
+            self.nodes[i].name,
+            lines[from..].join("\n")
+        )
     }
 
     fn wait_ready(&mut self, i: usize) -> anyhow::Result<()> {
@@ -155,20 +177,7 @@ impl Cluster {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                let out = std::fs::read_to_string(node.dir.join("server.out")).unwrap_or_default();
-                let tail: String = out
-                    .lines()
-                    .rev()
-                    .take(30)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                bail!(
-                    "node {} exited with {status} while starting:\n{tail}",
-                    node.name
-                );
+                bail!("node {} exited with {status} while starting", node.name);
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -81,8 +81,8 @@ fn broker_cost_runs_tiny_on_its_own_node() {
         "0",
     ]);
     let steps = report["objects"]["steps"].as_array().unwrap();
-    // Two steps of each of the four kinds a single node has (no quorum queues).
-    assert_eq!(steps.len(), 8, "{report}");
+    // Two steps of each of the five kinds a single node has (no quorum queues).
+    assert_eq!(steps.len(), 10, "{report}");
     let durable = &steps[1];
     assert_eq!(durable["kind"], "classic_durable_queue", "{report}");
     assert_eq!(durable["count"], 20, "{report}");
