@@ -142,6 +142,9 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
     }
     close_all(held).await;
     drop(consumers);
+    // Their consumers are gone with the connection; the queues themselves stay until deleted.
+    let names: Vec<String> = (0..declared).map(|k| format!("lock.{k}")).collect();
+    delete_all(&connection, &names).await;
     settle().await;
     before = cluster.all_stats()?;
 
@@ -450,6 +453,22 @@ async fn declare_all(
         done?;
     }
     Ok(())
+}
+
+/// Deletes `names` (best effort) on [`PARALLEL`] channels of `connection`.
+async fn delete_all(connection: &Connection, names: &[String]) {
+    let work = (0..PARALLEL).map(|k| async move {
+        let Ok(channel) = connection.create_channel().await else {
+            return;
+        };
+        for name in names.iter().skip(k).step_by(PARALLEL) {
+            let _ = channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel.close(200, "deleted".into()).await;
+    });
+    futures::future::join_all(work).await;
 }
 
 /// Consumes each of `names` once, spread over `channels`; declares them first (non-durable)

@@ -33,6 +33,11 @@ pub struct Calls {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreCalls {
+    /// Requests of the assigner's start, until it is ready.
+    pub assigner_start: Calls,
+    /// Requests of one slot worker's start (lock, read, take-over write), until it serves;
+    /// a new slot's first start also cleans it (its PPA is empty here).
+    pub slot_start: Calls,
     pub cycles: usize,
     pub uploads_per_cycle: usize,
     /// Mean requests of one acquire (assigner and worker), from the request to the reply.
@@ -95,8 +100,10 @@ async fn measure(stack: &Stack, options: &StoreCallsOptions) -> anyhow::Result<S
         .pool(SMALL)
         .map(|p| p.slots[0].clone())
         .unwrap_or_default();
+    let s0 = stack.fake.requests();
     let _assigner = stack.assigner()?;
     client::wait_ready(&http, &stack.base, Duration::from_secs(120)).await?;
+    let s1 = stack.fake.requests();
     let _workers = stack.ppa_workers()?;
     client::wait_workers(
         &connection,
@@ -109,6 +116,10 @@ async fn measure(stack: &Stack, options: &StoreCallsOptions) -> anyhow::Result<S
     let cleaned = count_cleaned(&connection, &names, SMALL).await?;
     // Start-up reads are done; let the first clean (if any) finish.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let s2 = stack.fake.requests();
+    let (mut assigner_start, mut slot_start) = (BTreeMap::new(), BTreeMap::new());
+    add(&mut assigner_start, &s0, &s1);
+    add(&mut slot_start, &s1, &s2);
 
     eprintln!("store-calls: slot free for {:?}", options.idle);
     let before = stack.fake.requests();
@@ -166,6 +177,8 @@ async fn measure(stack: &Stack, options: &StoreCallsOptions) -> anyhow::Result<S
 
     let n = options.cycles.max(1) as f64;
     Ok(StoreCalls {
+        assigner_start: calls(&assigner_start, 1.0),
+        slot_start: calls(&slot_start, 1.0),
         cycles: options.cycles,
         uploads_per_cycle: options.uploads,
         per_acquire: calls(&acquire, 1.0 / n),
@@ -191,7 +204,8 @@ fn calls(counts: &BTreeMap<String, u64>, scale: f64) -> Calls {
         .map(|(k, &v)| (k.clone(), v as f64 * scale))
         .collect();
     Calls {
-        total: by_kind.values().sum(),
+        // `+ 0.0`: an empty sum is -0.0.
+        total: by_kind.values().sum::<f64>() + 0.0,
         by_kind,
     }
 }
