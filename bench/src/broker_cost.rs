@@ -36,6 +36,8 @@ pub struct BrokerCostOptions {
     pub quorum_counts: Vec<usize>,
     /// Measure recovery after a node loss and a full restart.
     pub recovery: bool,
+    /// The pause before each reading, for the broker to finish what a step started.
+    pub settle: Duration,
 }
 
 /// One kind of object at one count.
@@ -89,7 +91,7 @@ pub async fn run(options: &BrokerCostOptions) -> anyhow::Result<BrokerCost> {
 async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::Result<BrokerCost> {
     let url = cluster.url(0);
     let connection = berth::broker::connect(&url, "berth-bench broker-cost").await?;
-    settle().await;
+    settle(options.settle).await;
     let baseline = cluster.all_stats()?;
     let mut steps = Vec::new();
 
@@ -108,6 +110,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
             count - declared,
             started.elapsed(),
             &before,
+            options.settle,
         )
         .await?;
         before = step.nodes.clone();
@@ -134,6 +137,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
             count - declared,
             started.elapsed(),
             &before,
+            options.settle,
         )
         .await?;
         before = step.nodes.clone();
@@ -145,7 +149,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
     // Their consumers are gone with the connection; the queues themselves stay until deleted.
     let names: Vec<String> = (0..declared).map(|k| format!("lock.{k}")).collect();
     delete_all(&connection, &names).await;
-    settle().await;
+    settle(options.settle).await;
     before = cluster.all_stats()?;
 
     // Consumers alone: many consumers of one queue, on a few shared channels.
@@ -172,6 +176,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
             count - declared,
             started.elapsed(),
             &before,
+            options.settle,
         )
         .await?;
         before = step.nodes.clone();
@@ -183,7 +188,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
         .await;
     close_all(held).await;
     drop(consumers);
-    settle().await;
+    settle(options.settle).await;
     before = cluster.all_stats()?;
 
     // Bindings: slots as routing keys of a direct exchange, all to one queue (a control
@@ -214,6 +219,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
             count - declared,
             started.elapsed(),
             &before,
+            options.settle,
         )
         .await?;
         before = step.nodes.clone();
@@ -228,7 +234,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
         .exchange_delete("slots".into(), Default::default())
         .await;
     let _ = channel.close(200, "deleted".into()).await;
-    settle().await;
+    settle(options.settle).await;
     before = cluster.all_stats()?;
 
     // Channels, as berth opens them: one per slot worker, 100 to a connection (the
@@ -254,6 +260,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
             count - declared,
             started.elapsed(),
             &before,
+            options.settle,
         )
         .await?;
         before = step.nodes.clone();
@@ -262,7 +269,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
     }
     drop(open);
     close_all(held).await;
-    settle().await;
+    settle(options.settle).await;
     before = cluster.all_stats()?;
 
     // Quorum queues, replicated on every node, leaders on node 1 (declared there).
@@ -281,6 +288,7 @@ async fn measure(cluster: &mut Cluster, options: &BrokerCostOptions) -> anyhow::
                 count - declared,
                 started.elapsed(),
                 &before,
+                options.settle,
             )
             .await?;
             before = step.nodes.clone();
@@ -363,8 +371,8 @@ fn quorum() -> FieldTable {
 }
 
 /// A moment for the broker to finish what the last step started (stats emission, GC).
-async fn settle() {
-    tokio::time::sleep(Duration::from_secs(3)).await;
+async fn settle(pause: Duration) {
+    tokio::time::sleep(pause).await;
 }
 
 async fn step(
@@ -374,8 +382,9 @@ async fn step(
     added: usize,
     took: Duration,
     before: &[NodeStats],
+    pause: Duration,
 ) -> anyhow::Result<Step> {
-    settle().await;
+    settle(pause).await;
     let nodes = cluster.all_stats()?;
     let per = |f: fn(&NodeStats) -> f64| -> Vec<f64> {
         nodes

@@ -69,6 +69,9 @@ enum Measure {
         /// Skip the node-loss and full-restart probes of the queues.
         #[arg(long)]
         no_recovery: bool,
+        /// Seconds to let the broker settle before each reading.
+        #[arg(long, default_value_t = 3.0)]
+        settle_secs: f64,
         /// Slots of the fake worker process (0 skips it).
         #[arg(long, default_value_t = 10_000)]
         worker_slots: usize,
@@ -121,6 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             counts,
             quorum_counts,
             no_recovery,
+            settle_secs,
             worker_slots,
             broker_list,
         }) => {
@@ -133,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         counts,
                         quorum_counts,
                         recovery: !no_recovery,
+                        settle: Duration::from_secs_f64(settle_secs),
                     })
                     .await?,
                 )

@@ -77,6 +77,8 @@ fn broker_cost_runs_tiny_on_its_own_node() {
         "--counts",
         "5,20",
         "--no-recovery",
+        "--settle-secs",
+        "0.2",
         "--worker-slots",
         "0",
     ]);
