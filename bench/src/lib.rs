@@ -15,6 +15,7 @@ mod cycles;
 mod floor;
 mod measure;
 mod rabbit;
+mod recovery;
 mod report;
 mod scale;
 mod stack;
