@@ -33,12 +33,12 @@ pub struct CycleResult {
 }
 
 /// Counts the `cleaned` events of `pool`, remembering when the last one came.
-struct Counter {
-    count: AtomicU64,
+pub(crate) struct Counter {
+    pub(crate) count: AtomicU64,
     last: std::sync::Mutex<Option<Instant>>,
 }
 
-async fn count_cleaned(
+pub(crate) async fn count_cleaned(
     connection: &Connection,
     names: &Names,
     pool: &str,

@@ -8,14 +8,19 @@
 //! worker process with a small pool and one with a very large pool ([`scale`]). Everything
 //! lives in a fresh namespace whose queues are deleted at the end.
 
+pub mod broker_cost;
 mod client;
 mod cpu;
 mod cycles;
 mod floor;
 mod measure;
+mod rabbit;
+mod recovery;
 mod report;
 mod scale;
 mod stack;
+pub mod store_calls;
+pub mod worker_broker;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,6 +31,7 @@ use lapin::Connection;
 pub use cpu::CpuShare;
 pub use cycles::CycleResult;
 pub use measure::{LoopResult, Summary};
+pub use rabbit::NodeStats;
 pub use report::{AssignerFigures, Phase, Ratios, Report, Scale, Setup, Target};
 pub use scale::ScaleRun;
 

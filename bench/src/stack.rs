@@ -39,7 +39,7 @@ impl Pools {
     fn config(&self) -> Vec<PoolConfig> {
         let ppas = |from: usize, n: usize| (from..from + n).map(|i| format!("ppa-{i}")).collect();
         let named = |prefix: &str, n: usize| (1..=n).map(|i| format!("{prefix}-{i}")).collect();
-        vec![
+        let pools = vec![
             PoolConfig {
                 name: SMALL.into(),
                 slots: ppas(1, self.small),
@@ -56,7 +56,9 @@ impl Pools {
                 name: SCALE.into(),
                 slots: named("sc", self.scale),
             },
-        ]
+        ];
+        // A run that needs only some pools sets the others to 0 slots.
+        pools.into_iter().filter(|p| !p.slots.is_empty()).collect()
     }
 }
 
@@ -238,11 +240,20 @@ impl Stack {
 
     /// One `berth-worker --fake` process working every slot of `pool`.
     pub(crate) fn fake_workers(&self, pool: &str) -> anyhow::Result<Proc> {
+        self.fake_workers_env(pool, &[])
+    }
+
+    /// [`Stack::fake_workers`] with `env` set on the process (over the configuration).
+    pub(crate) fn fake_workers_env(
+        &self,
+        pool: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Proc> {
         self.spawn(
             "berth-worker",
             &["--fake", "--pool", pool],
             &format!("workers-{pool}"),
-            &[],
+            env,
         )
     }
 

@@ -56,3 +56,68 @@ fn bench_runs_with_tiny_sizes_and_reports_json() {
     assert_eq!(report["scale"]["large"]["slots"], 20, "{report}");
     assert_eq!(report["targets"].as_array().unwrap().len(), 8, "{report}");
 }
+
+/// Runs `berth-bench ARGS…` and answers its JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_berth-bench"))
+        .args(args)
+        .output()
+        .expect("run berth-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "berth-bench failed:\n{stderr}");
+    serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn broker_cost_runs_tiny_on_its_own_node() {
+    let report = bench_json(&[
+        "broker-cost",
+        "--nodes",
+        "1",
+        "--counts",
+        "5,20",
+        "--no-recovery",
+        "--settle-secs",
+        "0.2",
+        "--worker-slots",
+        "0",
+    ]);
+    let steps = report["objects"]["steps"].as_array().unwrap();
+    // Two steps of each of the five kinds a single node has (no quorum queues).
+    assert_eq!(steps.len(), 10, "{report}");
+    let durable = &steps[1];
+    assert_eq!(durable["kind"], "classic_durable_queue", "{report}");
+    assert_eq!(durable["count"], 20, "{report}");
+    // The node counted the queues it holds: the 20 just declared.
+    assert_eq!(durable["nodes"][0]["local_queues"], 20, "{report}");
+    let channels = steps
+        .iter()
+        .find(|s| s["kind"] == "channel_100_per_connection" && s["count"] == 20)
+        .unwrap();
+    assert!(
+        channels["nodes"][0]["channels"].as_u64().unwrap() >= 20,
+        "{report}"
+    );
+    assert!(report["worker"].is_null(), "{report}");
+}
+
+#[test]
+fn store_calls_counts_the_fake_launchpad_requests() {
+    let report = bench_json(&["store-calls", "--cycles", "2", "--idle-secs", "1"]);
+    assert_eq!(report["cycles"], 2, "{report}");
+    // Every acquire claims by a compare-and-swap write; every clean deletes the 3 uploads.
+    assert!(
+        report["per_acquire"]["by_kind"]["PATCH archive"]
+            .as_f64()
+            .unwrap()
+            >= 1.0,
+        "{report}"
+    );
+    assert!(
+        report["per_release_and_clean"]["by_kind"]["POST sourcepub"]
+            .as_f64()
+            .unwrap()
+            >= 3.0,
+        "{report}"
+    );
+}

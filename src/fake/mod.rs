@@ -13,6 +13,7 @@ mod faults;
 mod oauth;
 mod routes;
 mod state;
+mod tally;
 mod wire;
 
 use std::net::SocketAddr;
@@ -116,10 +117,15 @@ impl FakeLaunchpad {
             shared: shared.clone(),
             addr,
         };
-        let launchpad = routes::router().layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            faults::inject,
-        ));
+        let launchpad = routes::router()
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                faults::inject,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                tally::count,
+            ));
         let router: Router = launchpad.merge(admin::router()).with_state(app);
         let stop = CancellationToken::new();
         let serve = axum::serve(
@@ -196,6 +202,12 @@ impl FakeLaunchpad {
     /// Every `requestDeletion` of an existing publication so far, in order of arrival.
     pub fn deletions(&self) -> Vec<DeletionRecord> {
         lock(&self.shared).deletions().to_vec()
+    }
+
+    /// How many requests the Launchpad routes received so far, by method, endpoint and
+    /// named operation (`GET archive ws.op=getPublishedSources`, `PATCH archive`, …).
+    pub fn requests(&self) -> std::collections::BTreeMap<String, u64> {
+        lock(&self.shared).requests.clone()
     }
 
     /// The current description of `ppa`.

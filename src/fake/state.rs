@@ -135,6 +135,8 @@ pub(crate) struct FakeState {
     sources: Vec<Source>,
     history: Vec<WriteRecord>,
     deletions: Vec<DeletionRecord>,
+    /// Requests received by the Launchpad routes, see `tally`.
+    pub(crate) requests: std::collections::BTreeMap<String, u64>,
 }
 
 impl FakeState {
@@ -152,6 +154,7 @@ impl FakeState {
             sources: Vec::new(),
             history: Vec::new(),
             deletions: Vec::new(),
+            requests: std::collections::BTreeMap::new(),
         };
         for n in 1..=config.ppas {
             let etag = state.next_etag();
