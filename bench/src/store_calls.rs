@@ -60,7 +60,14 @@ pub async fn run(options: &StoreCallsOptions) -> anyhow::Result<StoreCalls> {
         scale_base: 0,
         scale: 0,
     };
-    let stack = Stack::start(&options.amqp_url, &namespace, &pools, &options.bin_dir).await?;
+    let stack = Stack::start(
+        &options.amqp_url,
+        None,
+        &namespace,
+        &pools,
+        &options.bin_dir,
+    )
+    .await?;
     let result = measure(&stack, options).await;
     let names = stack.config.names();
     if let Ok(connection) = berth::broker::connect(&options.amqp_url, "berth-bench").await {

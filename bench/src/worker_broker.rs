@@ -75,7 +75,7 @@ async fn measure(
         scale_base: BASE_SLOTS,
         scale: slots,
     };
-    let stack = Stack::start(&cluster.url(0), &namespace, &pools, bin_dir).await?;
+    let stack = Stack::start(&cluster.url(0), None, &namespace, &pools, bin_dir).await?;
     let env = [("BERTH_AMQP_URL", urls.join(","))];
     let result = async {
         let mut base = stack.fake_workers_env(SCALE_BASE, &env)?;
