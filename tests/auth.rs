@@ -89,7 +89,21 @@ async fn call(
     if let Some(body) = body {
         request = request.json(&body);
     }
-    answer(request.send().await.expect("HTTP call")).await
+    let response = request.send().await.expect("HTTP call");
+    // A live stream (`/v1/events/stream`) never ends: its status is the answer.
+    let streaming = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    if streaming {
+        return Answer {
+            status: response.status(),
+            retry_after: None,
+            text: String::new(),
+            json: Value::Null,
+        };
+    }
+    answer(response).await
 }
 
 /// Waits until the store no longer records `slot` as held.
@@ -139,7 +153,10 @@ async fn release_as(stack: &Stack, token: &str, slot: &str, lease_token: &str) -
 /// must name every route of the OpenAPI document.
 fn needs(method: &str, path: &str) -> &'static str {
     match (method, path) {
-        ("GET", "/healthz" | "/readyz" | "/openapi.json" | "/metrics") => "open",
+        (
+            "GET",
+            "/healthz" | "/readyz" | "/openapi.json" | "/metrics" | "/" | "/page.js" | "/page.css",
+        ) => "open",
         ("GET", p) if p.starts_with("/v1/") => "read",
         (
             "POST",
