@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::config::QueueType;
+use crate::protocol::{Names, REASON_HEADER};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
@@ -10,10 +12,6 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
-use tokio_util::sync::CancellationToken;
-
-use crate::backoff::Backoff;
-use crate::protocol::{Names, REASON_HEADER};
 
 /// Delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
@@ -24,7 +22,7 @@ pub const PERSISTENT: u8 = 2;
 pub const FRAME_MAX: u32 = 16 * 1024;
 
 /// The AMQP heartbeat berth asks for, in seconds, unless the URL sets `heartbeat` (the
-/// `heartbeat_secs` setting puts it there: [`crate::config::Config::broker_url`]). The broker
+/// `heartbeat_secs` setting puts it there: [`crate::config::Config::broker_urls`]). The broker
 /// closes a connection that stayed silent for about two heartbeats, which ends its exclusive
 /// consumers: that is how a stalled or cut-off slot lock holder loses the lock, and how long
 /// its standby waits. RabbitMQ's own default is 60 s.
@@ -34,7 +32,9 @@ pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 /// is back within about this long after the broker accepts connections again.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
-/// Opens one connection named `name` (shown in the management UI).
+/// Opens one connection named `name` (shown in the management UI) to the node `url`. A
+/// process connects through [`crate::cluster::Brokers`], which tries its list of nodes with
+/// this.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> {
     let props = ConnectionProperties::default().with_connection_name(name.to_owned().into());
     match url.parse::<AMQPUri>() {
@@ -45,30 +45,6 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, lapin::Error> 
         }
         // lapin says what is wrong with it.
         Err(_) => Connection::connect(url, props).await,
-    }
-}
-
-/// Connects, retrying with backoff until it works or `cancel` fires (then `None`).
-/// Each failure is logged without the URL, which may hold a password.
-pub async fn connect_with_backoff(
-    url: &str,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Option<Connection> {
-    let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
-    loop {
-        match connect(url, name).await {
-            Ok(conn) => return Some(conn),
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
-                    "cannot connect to the broker; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
     }
 }
 
@@ -158,6 +134,26 @@ pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapi
     declared
 }
 
+/// The arguments of berth's durable queues of type `queue_type`, but for the pool queues
+/// ([`pool_queue_arguments`]): none on a classic queue (as before there was a choice), and
+/// `x-queue-type = quorum` on a quorum queue. A declare with other arguments than the
+/// queue's is refused, so every process declares with these.
+pub fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    arguments
+}
+
+/// The arguments of the pool queues (assign requests) of type `queue_type`.
+pub fn pool_queue_arguments(queue_type: QueueType) -> FieldTable {
+    queue_arguments(queue_type)
+}
+
 /// Declares the assign queue of `pool`; the answer tells its depth and consumers.
 pub async fn declare_pool_queue(
     channel: &Channel,
@@ -168,12 +164,13 @@ pub async fn declare_pool_queue(
         .queue_declare(
             names.assign_queue(pool).into(),
             durable(),
-            FieldTable::default(),
+            pool_queue_arguments(names.queue_type()),
         )
         .await
 }
 
-/// Declares the control queue of `slot`; the answer tells its depth and consumers.
+/// Declares the control queue of `slot` (of the deployment's queue type); the answer tells
+/// its depth and consumers.
 pub async fn declare_slot_queue(
     channel: &Channel,
     names: &Names,
@@ -183,8 +180,34 @@ pub async fn declare_slot_queue(
         .queue_declare(
             names.slot_queue(slot).into(),
             durable(),
-            FieldTable::default(),
+            queue_arguments(names.queue_type()),
         )
+        .await
+}
+
+/// Declares the lock queue of `slot` (DESIGN §3 "Slot lock"): classic whatever the
+/// deployment's queue type, because only a classic queue refuses a second exclusive
+/// consumer; transient, so that it goes with its node and a standby declares it again on its
+/// own; auto-delete, so that it goes when its holder lets go, and the next holder declares it
+/// on the node it is connected to. Nothing is ever published to it.
+pub async fn declare_lock_queue(
+    channel: &Channel,
+    names: &Names,
+    slot: &str,
+) -> Result<Queue, lapin::Error> {
+    let options = QueueDeclareOptions {
+        durable: false,
+        exclusive: false,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    channel
+        .queue_declare(names.lock_queue(slot).into(), options, arguments)
         .await
 }
 
@@ -267,6 +290,16 @@ pub async fn private_queue(channel: &Channel) -> Result<(String, lapin::Consumer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quorum_queues_say_so_and_classic_ones_keep_their_old_arguments() {
+        assert!(queue_arguments(QueueType::Classic).inner().is_empty());
+        let quorum = queue_arguments(QueueType::Quorum);
+        assert_eq!(
+            quorum.inner().get(&ShortString::from("x-queue-type")),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+    }
 
     #[test]
     fn the_history_stream_is_declared_with_its_retention() {

@@ -8,6 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::config::QueueType;
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -20,14 +22,15 @@ pub const DEFAULT_HISTORY_MAX_AGE: &str = "30D";
 /// The default size cap of the history stream (`history_max_bytes`, `x-max-length-bytes`).
 pub const DEFAULT_HISTORY_MAX_BYTES: u64 = 1_000_000_000;
 
-/// The names of one deployment's AMQP objects, all under one namespace, and the arguments
-/// of the one object whose declaration needs settings: the history stream. Every process
-/// declares it with these (DESIGN §3), so they travel with the names.
+/// The names of one deployment's AMQP objects, all under one namespace, and the settings
+/// their declarations need: the history stream's retention and the type of the durable
+/// queues. Every process declares them with these (DESIGN §3), so they travel with the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     namespace: String,
     history_max_age: String,
     history_max_bytes: u64,
+    queue_type: QueueType,
 }
 
 impl Names {
@@ -36,7 +39,19 @@ impl Names {
             namespace: namespace.into(),
             history_max_age: DEFAULT_HISTORY_MAX_AGE.to_owned(),
             history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            queue_type: QueueType::Classic,
         }
+    }
+
+    /// These names with the type of the durable queues (`queue_type`).
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The type of the durable queues.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// These names with the history stream's retention (`x-max-age`, `x-max-length-bytes`).
@@ -70,9 +85,16 @@ impl Names {
         format!("{}.assign.{pool}", self.namespace)
     }
 
-    /// `<ns>.slot.<slot>`: a slot's control queue; its exclusive consumer holds the slot lock.
+    /// `<ns>.slot.<slot>`: a slot's control queue (releases, renews, operator actions),
+    /// consumed by the holder of the slot lock alone.
     pub fn slot_queue(&self, slot: &str) -> String {
         format!("{}.slot.{slot}", self.namespace)
+    }
+
+    /// `<ns>.lock.<slot>`: a slot's lock queue, transient and classic; its exclusive consumer
+    /// holds the slot lock (DESIGN §3 "Slot lock").
+    pub fn lock_queue(&self, slot: &str) -> String {
+        format!("{}.lock.{slot}", self.namespace)
     }
 
     /// `<ns>.events`: topic exchange of lifecycle events.

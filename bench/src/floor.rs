@@ -60,7 +60,10 @@ impl Floor {
     ) -> anyhow::Result<Floor> {
         let cancel = CancellationToken::new();
         // The consumer side.
-        let consumer = berth::broker::connect(amqp_url, "berth-bench-floor-consumer").await?;
+        let consumer = berth::cluster::Brokers::from_list(amqp_url)
+            .connect("berth-bench-floor-consumer")
+            .await?
+            .connection;
         let channel = consumer.create_channel().await?;
         channel
             .queue_declare(
@@ -88,7 +91,10 @@ impl Floor {
         ));
 
         // The HTTP side.
-        let server = berth::broker::connect(amqp_url, "berth-bench-floor-server").await?;
+        let server = berth::cluster::Brokers::from_list(amqp_url)
+            .connect("berth-bench-floor-server")
+            .await?
+            .connection;
         let channel = server.create_channel().await?;
         let (reply, replies) = berth::broker::private_queue(&channel).await?;
         let state = Arc::new(Server {

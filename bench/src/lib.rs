@@ -62,9 +62,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
         scale: options.scale_slots.max(1),
     };
     let stack = Stack::start(&options.amqp_url, &namespace, &pools, &options.bin_dir).await?;
-    let connection = berth::broker::connect(&options.amqp_url, "berth-bench")
+    let connection = berth::cluster::Brokers::from_list(&options.amqp_url)
+        .connect("berth-bench")
         .await
-        .context("cannot connect to the broker")?;
+        .context("cannot connect to the broker")?
+        .connection;
     eprintln!(
         "berth-bench: namespace {namespace}, logs in {}",
         stack.dir.display()

@@ -13,7 +13,7 @@ use berth_bench::BenchOptions;
 #[derive(Debug, Parser)]
 #[command(name = "berth-bench", version, long_about = None)]
 struct Args {
-    /// AMQP URL of the RabbitMQ broker.
+    /// AMQP URL of the RabbitMQ broker, or the comma-separated URLs of a cluster's nodes.
     #[arg(long, env = "BERTH_AMQP_URL", default_value = berth::config::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
     /// Directory of the `berth` and `berth-worker` binaries (default: next to this one).

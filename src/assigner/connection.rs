@@ -22,6 +22,7 @@ use super::metrics::Metrics;
 use super::pending::Pending;
 use crate::backoff::Backoff;
 use crate::broker::{self, PERSISTENT, json_properties};
+use crate::cluster::{self, Brokers};
 use crate::protocol::{Control, Names, PROTOCOL_VERSION, encode};
 
 /// How long a stopping assigner keeps its connection open for the releases it still holds,
@@ -51,6 +52,8 @@ pub(crate) struct Connected {
     /// Slot queues declared on this connection (declared before the first publish to them).
     declared_slots: Mutex<HashSet<String>>,
     names: Names,
+    /// The broker node this connection goes to, redacted (`/readyz` says it).
+    pub(crate) node: String,
 }
 
 impl Connected {
@@ -175,7 +178,8 @@ impl Connected {
 
 /// What the connection loop needs.
 pub(crate) struct LinkConfig {
-    pub(crate) amqp_url: String,
+    /// The broker nodes, tried in order ([`Brokers`]).
+    pub(crate) amqp_urls: Vec<String>,
     pub(crate) names: Names,
     pub(crate) pools: Vec<String>,
 }
@@ -194,21 +198,23 @@ pub(crate) async fn connection_loop(
     let mut epoch = 0;
     let mut connected_once = false;
     let mut backoff = Backoff::new(Duration::from_millis(100), broker::RECONNECT_MAX);
+    let brokers = Brokers::new(config.amqp_urls.clone());
     loop {
         let name = format!(
             "berth-assigner-{}-{}",
             config.names.namespace(),
             std::process::id()
         );
-        let Some(connection) = broker::connect_with_backoff(&config.amqp_url, &name, &cancel).await
+        let Some(cluster::Connected { connection, node }) =
+            brokers.connect_with_backoff(&name, &cancel).await
         else {
             break;
         };
         epoch += 1;
-        match open(&config, connection, epoch).await {
+        match open(&config, connection, node, epoch).await {
             Ok((connected, replies)) => {
                 backoff.reset();
-                tracing::info!(epoch, "connected to the broker");
+                tracing::info!(epoch, node = %connected.node, "connected to the broker");
                 if std::mem::replace(&mut connected_once, true) {
                     metrics.broker_reconnected();
                 }
@@ -227,7 +233,7 @@ pub(crate) async fn connection_loop(
                         .await;
                     break;
                 }
-                tracing::warn!(epoch, "lost the broker connection; reconnecting");
+                tracing::warn!(epoch, node = %connected.node, "lost the broker connection; reconnecting");
             }
             Err(err) => tracing::warn!(error = %err, "cannot set up the broker session; retrying"),
         }
@@ -241,6 +247,7 @@ pub(crate) async fn connection_loop(
 async fn open(
     config: &LinkConfig,
     connection: Connection,
+    node: String,
     epoch: u64,
 ) -> Result<(Arc<Connected>, lapin::Consumer), LinkError> {
     let publisher = connection.create_channel().await?;
@@ -269,6 +276,7 @@ async fn open(
         inspector: Mutex::new(None),
         declared_slots: Mutex::new(HashSet::new()),
         names: config.names.clone(),
+        node,
     };
     Ok((Arc::new(connected), replies))
 }

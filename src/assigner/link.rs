@@ -103,6 +103,11 @@ impl Link {
         self.connected().is_some()
     }
 
+    /// The broker node of the live connection (redacted), if one is up.
+    pub(crate) fn node(&self) -> Option<String> {
+        self.connected().map(|connected| connected.node.clone())
+    }
+
     /// Waits for a live connection; `None` once `cancel` fires.
     pub(crate) async fn wait_connected(
         &self,

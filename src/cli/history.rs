@@ -96,7 +96,8 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let names = config.names();
     let cancel = crate::shutdown::signal();
-    let connection = crate::broker::connect(&config.broker_url(), "berth-events").await?;
+    let brokers = crate::cluster::Brokers::new(config.broker_urls());
+    let connection = brokers.connect("berth-events").await?.connection;
     let channel = connection.create_channel().await?;
     crate::broker::declare_common(&channel, &names).await?;
     let (queue, mut consumer) = crate::broker::private_queue(&channel).await?;

@@ -50,7 +50,7 @@ pub async fn run_slots(
         return Err(RunError::DuplicateSlot(twice.slot.clone()));
     }
     let connectors = connection::connectors(
-        &config.broker_url(),
+        &config.broker_urls(),
         &options.connection_name,
         slots.len(),
         &metrics,
