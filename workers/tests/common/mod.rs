@@ -98,9 +98,11 @@ pub struct Client {
 impl Client {
     pub async fn new(config: &Config) -> Client {
         let names = config.names();
-        let conn = berth::broker::connect(&config.amqp_url, "berth-worker-test-client")
+        let conn = berth::cluster::Brokers::new(config.broker_urls())
+            .connect("berth-worker-test-client")
             .await
-            .unwrap();
+            .unwrap()
+            .connection;
         let channel = conn.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
