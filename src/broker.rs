@@ -71,11 +71,17 @@ async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::E
         .await
 }
 
-/// Declares the events exchange and the dead-letter queue.
+/// Declares the events exchange and the dead-letter queue. The dead-letter queue is of the
+/// deployment's queue type: every process declares it before it does anything else, so on a
+/// cluster a classic one would stop them all while its node is down.
 pub async fn declare_common(channel: &Channel, names: &Names) -> Result<(), lapin::Error> {
     declare_events(channel, names).await?;
     channel
-        .queue_declare(names.dead_queue().into(), durable(), FieldTable::default())
+        .queue_declare(
+            names.dead_queue().into(),
+            durable(),
+            queue_arguments(names.queue_type()),
+        )
         .await?;
     Ok(())
 }

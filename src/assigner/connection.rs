@@ -54,6 +54,10 @@ pub(crate) struct Connected {
     names: Names,
     /// The broker node this connection goes to, redacted (`/readyz` says it).
     pub(crate) node: String,
+    /// Fired when the broker refused a message: the connection is given up for a fresh one.
+    /// A channel that published to a quorum queue while its leader was lost can go on being
+    /// refused after a new leader is elected (seen on RabbitMQ 3.10, DESIGN §3 "Cluster").
+    abandon: CancellationToken,
 }
 
 impl Connected {
@@ -105,8 +109,15 @@ impl Connected {
                 properties,
             )
             .await?;
+        let abandon = self.abandon.clone();
         Ok(async move {
             if confirm.await?.is_nack() {
+                if !abandon.is_cancelled() {
+                    tracing::warn!(
+                        "the broker refused a message; starting over on a fresh connection"
+                    );
+                    abandon.cancel();
+                }
                 return Err(LinkError::Nacked);
             }
             Ok(())
@@ -226,6 +237,12 @@ pub(crate) async fn connection_loop(
                 connected.alive.store(false, Ordering::SeqCst);
                 current.send_replace(None);
                 pending.fail_through(epoch);
+                if connected.abandon.is_cancelled() && !cancel.is_cancelled() {
+                    let _ = connected
+                        .connection
+                        .close(200, "refused a message; starting over".into())
+                        .await;
+                }
                 if cancel.is_cancelled() {
                     let _ = connected
                         .connection
@@ -277,6 +294,7 @@ async fn open(
         declared_slots: Mutex::new(HashSet::new()),
         names: config.names.clone(),
         node,
+        abandon: CancellationToken::new(),
     };
     Ok((Arc::new(connected), replies))
 }
@@ -292,6 +310,7 @@ async fn serve_replies(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = connected.abandon.cancelled() => return,
             event = events.next() => {
                 if let Some(lapin::Event::Error(err)) = event {
                     // lapin says here also when the broker closes one channel (a passive
