@@ -808,7 +808,12 @@ fn longest_gaps(
 ) -> (Duration, Duration) {
     successes.sort_unstable();
     let mut points = vec![start];
-    points.extend(successes.iter().copied().filter(|t| *t >= start && *t <= end));
+    points.extend(
+        successes
+            .iter()
+            .copied()
+            .filter(|t| *t >= start && *t <= end),
+    );
     points.push(end);
     let (mut overall, mut in_faults) = (Duration::ZERO, Duration::ZERO);
     for pair in points.windows(2) {
@@ -957,7 +962,7 @@ slots = [{slots}]
     };
     let mut kinds = faults_of_run.clone();
     // When a node was down or paused, for the availability.
-    let mut node_faults: Vec<(Instant, Instant)> = Vec::new();
+    let mut node_faults: Vec<(&str, Instant, Instant)> = Vec::new();
     let run_start = Instant::now();
     let mut disabled = std::collections::BTreeSet::new();
     let mut ops: Vec<OpRequest> = Vec::new();
@@ -1048,7 +1053,7 @@ slots = [{slots}]
                 })
                 .await
                 .unwrap();
-                node_faults.push((began, Instant::now()));
+                node_faults.push(("restart", began, Instant::now()));
             }
             Fault::KillNode => {
                 let Broker::Cluster(cluster) = &mut broker else {
@@ -1067,7 +1072,12 @@ slots = [{slots}]
                     cluster.nodes[k].relaunch();
                     cluster.wait_running(3, Duration::from_secs(60));
                 });
-                node_faults.push((began, Instant::now()));
+                let kind = if leader == Some(k) {
+                    "kill_leader"
+                } else {
+                    "kill"
+                };
+                node_faults.push((kind, began, Instant::now()));
                 if leader == Some(k) {
                     *injected.entry("KillNode(leader)".to_owned()).or_default() += 1;
                 }
@@ -1082,7 +1092,7 @@ slots = [{slots}]
                 let pause = HEARTBEAT_SECS * 1000 * 2 + rng.random_range(1000..3000);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 cluster.nodes[k].signal("-CONT");
-                node_faults.push((began, Instant::now()));
+                node_faults.push(("pause", began, Instant::now()));
             }
             Fault::CutConnections => {
                 for p in std::iter::once(&proxy).chain(&stack.own_proxies) {
@@ -1151,8 +1161,21 @@ slots = [{slots}]
     }
 
     let mut tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
+    let windows: Vec<_> = node_faults.iter().map(|(_, a, b)| (*a, *b)).collect();
     let (max_gap, max_gap_node_down) =
-        longest_gaps(&mut tally.successes, run_start, stop, &node_faults);
+        longest_gaps(&mut tally.successes, run_start, stop, &windows);
+    // The longest gap around each kind of node fault, for the availability report.
+    let mut by_kind: BTreeMap<&str, Duration> = BTreeMap::new();
+    for (kind, a, b) in &node_faults {
+        let (_, gap) = longest_gaps(&mut tally.successes, run_start, stop, &[(*a, *b)]);
+        let longest = by_kind.entry(kind).or_default();
+        *longest = (*longest).max(gap);
+    }
+    let gaps_by_kind = by_kind
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_millis()))
+        .collect::<Vec<_>>()
+        .join(",");
     if !all_free {
         let view = http.get(format!("{url}/v1/slots")).send().await.ok();
         let body = match view {
@@ -1190,7 +1213,7 @@ slots = [{slots}]
         eprintln!("violation: {v}");
     }
     println!(
-        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} actions={} ({}) revoked={} takeovers={} deletions={} max_recovery_ms={} max_gap_ms={} max_gap_node_down_ms={} violations={}",
+        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} actions={} ({}) revoked={} takeovers={} deletions={} max_recovery_ms={} max_gap_ms={} max_gap_node_down_ms={} ({}) violations={}",
         tally.acquires,
         tally.releases,
         count_expiries(&fake),
@@ -1205,6 +1228,7 @@ slots = [{slots}]
         max_recovery.as_millis(),
         max_gap.as_millis(),
         max_gap_node_down.as_millis(),
+        gaps_by_kind,
         tally.violations.len()
     );
     eprintln!(
