@@ -14,9 +14,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
-use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
 use crate::config::QueueType;
 use crate::protocol::{MAX_PRIORITY, Names, REASON_HEADER};
 
@@ -29,7 +27,7 @@ pub const PERSISTENT: u8 = 2;
 pub const FRAME_MAX: u32 = 16 * 1024;
 
 /// The AMQP heartbeat berth asks for, in seconds, unless the URL sets `heartbeat` (the
-/// `heartbeat_secs` setting puts it there: [`crate::config::Config::broker_url`]). The broker
+/// `heartbeat_secs` setting puts it there: [`crate::config::Config::broker_urls`]). The broker
 /// closes a connection that stayed silent for about two heartbeats, which ends its exclusive
 /// consumers: that is how a stalled or cut-off slot lock holder loses the lock, and how long
 /// its standby waits. RabbitMQ's own default is 60 s.
@@ -181,31 +179,6 @@ fn hint(tls_scheme: bool) -> &'static str {
     }
 }
 
-/// Connects, retrying with backoff until it works or `cancel` fires (then `None`).
-/// Each failure is logged without the URL, which may hold a password.
-pub async fn connect_with_backoff(
-    url: &str,
-    tls: &BrokerTls,
-    name: &str,
-    cancel: &CancellationToken,
-) -> Option<Connection> {
-    let mut backoff = Backoff::new(Duration::from_millis(100), RECONNECT_MAX);
-    loop {
-        match connect_with(url, tls, name).await {
-            Ok(conn) => return Some(conn),
-            Err(err) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64,
-                    "cannot connect to the broker; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
 /// The options every durable queue of berth is declared with.
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -229,10 +202,12 @@ async fn declare_events(channel: &Channel, names: &Names) -> Result<(), lapin::E
         .await
 }
 
-/// The arguments the dead-letter queue is declared with, the same everywhere: bounded by
+/// The arguments the dead-letter queue is declared with, the same everywhere: of the
+/// deployment's queue type (every process declares it before it does anything else, so on a
+/// cluster a classic one would stop them all while its node is down), bounded by
 /// `x-max-length`, the oldest message dropped first.
 pub fn dead_letter_arguments(names: &Names) -> FieldTable {
-    let mut arguments = FieldTable::default();
+    let mut arguments = queue_arguments(names.queue_type());
     arguments.insert(
         "x-max-length".into(),
         AMQPValue::LongLongInt(i64::try_from(names.dead_letter_max_length()).unwrap_or(i64::MAX)),
@@ -323,6 +298,21 @@ pub async fn declare_history(channel: Channel, names: &Names) -> Result<(), lapi
     declared
 }
 
+/// The arguments of berth's durable queues of type `queue_type`, but for the pool queues
+/// ([`pool_queue_arguments`]): none on a classic queue (as before there was a choice), and
+/// `x-queue-type = quorum` on a quorum queue. A declare with other arguments than the
+/// queue's is refused, so every process declares with these.
+pub fn queue_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+    }
+    arguments
+}
+
 /// The arguments every pool queue is declared with (DESIGN §3 "Priority"), the one place
 /// they are decided: on `classic` a priority queue, `x-max-priority` = [`MAX_PRIORITY`] (the
 /// broker orders by the message's `priority` property, FIFO within one); on `quorum` a
@@ -394,7 +384,8 @@ pub async fn delete_retired_pool_queue(
     }
 }
 
-/// Declares the control queue of `slot`; the answer tells its depth and consumers.
+/// Declares the control queue of `slot` (of the deployment's queue type); the answer tells
+/// its depth and consumers.
 pub async fn declare_slot_queue(
     channel: &Channel,
     names: &Names,
@@ -404,8 +395,34 @@ pub async fn declare_slot_queue(
         .queue_declare(
             names.slot_queue(slot).into(),
             durable(),
-            FieldTable::default(),
+            queue_arguments(names.queue_type()),
         )
+        .await
+}
+
+/// Declares the lock queue of `slot` (DESIGN §3 "Slot lock"): classic whatever the
+/// deployment's queue type, because only a classic queue refuses a second exclusive
+/// consumer; transient, so that it goes with its node and a standby declares it again on its
+/// own; auto-delete, so that it goes when its holder lets go, and the next holder declares it
+/// on the node it is connected to. Nothing is ever published to it.
+pub async fn declare_lock_queue(
+    channel: &Channel,
+    names: &Names,
+    slot: &str,
+) -> Result<Queue, lapin::Error> {
+    let options = QueueDeclareOptions {
+        durable: false,
+        exclusive: false,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    channel
+        .queue_declare(names.lock_queue(slot).into(), options, arguments)
         .await
 }
 
@@ -590,6 +607,16 @@ mod tests {
         assert_eq!(
             get("x-overflow"),
             Some(AMQPValue::LongString("drop-head".into()))
+        );
+    }
+
+    #[test]
+    fn quorum_queues_say_so_and_classic_ones_keep_their_old_arguments() {
+        assert!(queue_arguments(QueueType::Classic).inner().is_empty());
+        let quorum = queue_arguments(QueueType::Quorum);
+        assert_eq!(
+            quorum.inner().get(&ShortString::from("x-queue-type")),
+            Some(&AMQPValue::LongString("quorum".into()))
         );
     }
 

@@ -16,9 +16,16 @@ pub const DEFAULT_NAMESPACE: &str = "berth";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// AMQP URL of the broker (`BERTH_AMQP_URL`). `amqps://` connects with TLS and checks
-    /// the broker's certificate against the system's roots and `amqp_ca_file`.
+    /// AMQP URL of the broker (`BERTH_AMQP_URL`): one node. Kept for one-node deployments;
+    /// it is the one-element form of `amqp_urls`, and may also be a comma-separated list.
+    /// `amqps://` connects with TLS and checks the broker's certificate against the system's
+    /// roots and `amqp_ca_file`.
     pub amqp_url: String,
+    /// AMQP URLs of the nodes of a RabbitMQ cluster, tried in order: every process connects
+    /// to the first node that answers and, when it loses it, to the next (DESIGN §3
+    /// "Cluster"). When set, `amqp_url` must be left at its default. A comma-separated
+    /// `BERTH_AMQP_URL` sets this list.
+    pub amqp_urls: Vec<String>,
     /// PEM file of CA certificates that an `amqps://` broker's certificate may chain to,
     /// besides the system's roots (`BERTH_AMQP_CA_FILE`).
     pub amqp_ca_file: Option<PathBuf>,
@@ -69,11 +76,16 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
+/// The type of berth's durable queues (`queue_type`). A queue keeps the type it was declared
+/// with: changing it on a running deployment is a migration (README "Upgrading").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
+    /// A queue on one node: gone (durable: unavailable) while that node is down.
     #[default]
     Classic,
+    /// A replicated queue (Raft) on every node of the cluster: available while a majority
+    /// of the nodes is up.
     Quorum,
 }
 
@@ -126,6 +138,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             amqp_url: DEFAULT_AMQP_URL.into(),
+            amqp_urls: Vec::new(),
             amqp_ca_file: None,
             heartbeat_secs: crate::broker::DEFAULT_HEARTBEAT_SECS,
             namespace: DEFAULT_NAMESPACE.into(),
@@ -241,8 +254,30 @@ impl Config {
         if !valid_name(&self.namespace) {
             return invalid("namespace".into(), NAME_RULE);
         }
-        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
-            return invalid("amqp_url".into(), "must start with amqp:// or amqps://");
+        if !self.amqp_urls.is_empty() && self.amqp_url != DEFAULT_AMQP_URL {
+            return invalid(
+                "amqp_urls".into(),
+                "set either amqp_url (one node) or amqp_urls (the nodes of a cluster), not both",
+            );
+        }
+        let key = if self.amqp_urls.is_empty() {
+            "amqp_url"
+        } else {
+            "amqp_urls"
+        };
+        let urls = self.amqp_url_list();
+        if urls.is_empty() {
+            return invalid(key.into(), "must name at least one broker");
+        }
+        for (i, url) in urls.iter().enumerate() {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                let key = if urls.len() == 1 {
+                    key.to_owned()
+                } else {
+                    format!("{key}[{i}]")
+                };
+                return invalid(key, "must start with amqp:// or amqps://");
+            }
         }
         if !(self.store.api_root.starts_with("http://")
             || self.store.api_root.starts_with("https://"))
@@ -393,16 +428,32 @@ impl Config {
         Some(SocketAddr::new(base.ip(), port))
     }
 
-    /// The broker URL to connect with: `amqp_url`, with `heartbeat=<heartbeat_secs>` added
-    /// when the URL does not set a heartbeat itself.
-    pub fn broker_url(&self) -> String {
-        let url = &self.amqp_url;
-        let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-        if query.split('&').any(|pair| pair.starts_with("heartbeat=")) {
-            return url.clone();
+    /// The brokers as configured: `amqp_urls`, or else `amqp_url` (one URL, or several
+    /// separated by commas), without blanks.
+    pub fn amqp_url_list(&self) -> Vec<String> {
+        if self.amqp_urls.is_empty() {
+            split_urls(&self.amqp_url)
+        } else {
+            self.amqp_urls
+                .iter()
+                .map(|url| url.trim().to_owned())
+                .filter(|url| !url.is_empty())
+                .collect()
         }
-        let joint = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{joint}heartbeat={}", self.heartbeat_secs)
+    }
+
+    /// The broker URLs to connect with, in order ([`Config::amqp_url_list`]), each with
+    /// `heartbeat=<heartbeat_secs>` added when the URL does not set a heartbeat itself.
+    pub fn broker_urls(&self) -> Vec<String> {
+        self.amqp_url_list()
+            .iter()
+            .map(|url| with_heartbeat(url, self.heartbeat_secs))
+            .collect()
+    }
+
+    /// [`Config::broker_urls`] joined by commas: the `BERTH_AMQP_URL` of a child process.
+    pub fn broker_url(&self) -> String {
+        self.broker_urls().join(",")
     }
 
     /// How `amqps://` connections check the broker: the system's roots and `amqp_ca_file`,
@@ -438,6 +489,26 @@ impl Config {
             ..Config::default()
         }
     }
+}
+
+/// `url` with `heartbeat=<secs>` added unless it sets a heartbeat itself.
+fn with_heartbeat(url: &str, secs: u16) -> String {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if query.split('&').any(|pair| pair.starts_with("heartbeat=")) {
+        return url.to_owned();
+    }
+    let joint = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joint}heartbeat={secs}")
+}
+
+/// The URLs of a comma-separated list (`BERTH_AMQP_URL`), without blanks. A comma inside a
+/// URL (a password) is written `%2C`.
+pub fn split_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 const NAME_RULE: &str = "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
@@ -539,6 +610,56 @@ mod tests {
     }
 
     #[test]
+    fn a_broker_list_comes_from_amqp_urls_or_a_comma_separated_amqp_url() {
+        let one = Config::default();
+        assert_eq!(one.amqp_url_list(), vec![DEFAULT_AMQP_URL.to_owned()]);
+        let (_d, path) = write(
+            "amqp_urls = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f?heartbeat=2\"]\nqueue_type = \"quorum\"\n",
+        );
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert_eq!(
+            c.broker_urls(),
+            vec![
+                "amqp://a:5672/%2f?heartbeat=10".to_owned(),
+                "amqp://b:5672/%2f?heartbeat=2".to_owned()
+            ]
+        );
+        assert_eq!(
+            c.broker_url(),
+            "amqp://a:5672/%2f?heartbeat=10,amqp://b:5672/%2f?heartbeat=2"
+        );
+        // The environment's list replaces the file's.
+        let mut env = c.clone();
+        ConfigArgs {
+            amqp_url: Some("amqp://x/%2f, amqp://y/%2f".into()),
+            ..ConfigArgs::default()
+        }
+        .apply(&mut env);
+        assert_eq!(env.amqp_url_list(), vec!["amqp://x/%2f", "amqp://y/%2f"]);
+        env.validate().unwrap();
+        // A child's BERTH_AMQP_URL reads back as the same list.
+        let mut child = Config::default();
+        ConfigArgs {
+            amqp_url: Some(c.broker_url()),
+            ..ConfigArgs::default()
+        }
+        .apply(&mut child);
+        assert_eq!(child.broker_urls(), c.broker_urls());
+
+        let (_d, path) = write("amqp_url = \"amqp://a/%2f\"\namqp_urls = [\"amqp://b/%2f\"]\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("amqp_urls"), "{msg}");
+        let (_d, path) = write("amqp_urls = [\"amqp://a/%2f\", \"http://b/\"]\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("amqp_urls[1]"), "{msg}");
+        let (_d, path) = write("queue_type = \"mirrored\"\n");
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("queue_type"), "{msg}");
+        assert_eq!(Config::default().queue_type, QueueType::Classic);
+    }
+
+    #[test]
     fn leases_below_the_minimum_are_refused_as_defaults() {
         let mut c = Config::default();
         c.default_lease_secs = c.min_lease_secs - 1;
@@ -614,7 +735,8 @@ pub struct ConfigArgs {
     /// TOML configuration file.
     #[arg(long, env = "BERTH_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// AMQP URL of the RabbitMQ broker (`amqps://` for TLS). Its password is never shown.
+    /// AMQP URL of the RabbitMQ broker (`amqps://` for TLS), or the comma-separated URLs of a
+    /// cluster's nodes. Passwords are never shown.
     #[arg(long, env = "BERTH_AMQP_URL", global = true, hide_env_values = true)]
     pub amqp_url: Option<String>,
     /// PEM file of CA certificates an `amqps://` broker's certificate may chain to (besides
@@ -654,7 +776,9 @@ impl ConfigArgs {
     /// Applies the overrides to `config`.
     pub fn apply(&self, config: &mut Config) {
         if let Some(v) = &self.amqp_url {
-            config.amqp_url = v.clone();
+            // One URL or a comma-separated list: either way it replaces the file's brokers.
+            config.amqp_url = DEFAULT_AMQP_URL.into();
+            config.amqp_urls = split_urls(v);
         }
         if let Some(v) = &self.amqp_ca_file {
             config.amqp_ca_file = Some(v.clone());

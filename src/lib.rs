@@ -12,6 +12,7 @@ pub mod broker;
 #[cfg(feature = "server")]
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod dev;

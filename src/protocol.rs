@@ -32,7 +32,7 @@ pub const MAX_PRIORITY: u8 = 9;
 
 /// The names of one deployment's AMQP objects, all under one namespace, and the settings
 /// their declarations need: the history stream's retention, the dead-letter queue's bound
-/// and the type of the pool queues. Every process declares them with these (DESIGN §3), so
+/// and the type of the durable queues. Every process declares them with these (DESIGN §3), so
 /// they travel with the names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -65,13 +65,13 @@ impl Names {
         self.dead_letter_max_length
     }
 
-    /// These names with pool queues of type `queue_type`.
+    /// These names with durable queues of type `queue_type`.
     pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
         self.queue_type = queue_type;
         self
     }
 
-    /// The type of the pool queues.
+    /// The type of the durable queues.
     pub fn queue_type(&self) -> QueueType {
         self.queue_type
     }
@@ -142,9 +142,16 @@ impl Names {
         format!("{}.assign.{pool}", self.namespace)
     }
 
-    /// `<ns>.slot.<slot>`: a slot's control queue; its exclusive consumer holds the slot lock.
+    /// `<ns>.slot.<slot>`: a slot's control queue (releases, renews, operator actions),
+    /// consumed by the holder of the slot lock alone.
     pub fn slot_queue(&self, slot: &str) -> String {
         format!("{}.slot.{slot}", self.namespace)
+    }
+
+    /// `<ns>.lock.<slot>`: a slot's lock queue, transient and classic; its exclusive consumer
+    /// holds the slot lock (DESIGN §3 "Slot lock").
+    pub fn lock_queue(&self, slot: &str) -> String {
+        format!("{}.lock.{slot}", self.namespace)
     }
 
     /// `<ns>.events`: topic exchange of lifecycle events.

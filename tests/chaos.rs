@@ -28,6 +28,14 @@
 //! the clients use two client names in turn, the operator actions an operator token, and the
 //! store records `<client>/<owner>` (`public_owner = "plain"`), which invariant 2 checks.
 //!
+//! On a cluster (`invariants_hold_on_a_cluster`): a private three-node RabbitMQ cluster with
+//! quorum queues, every process given the three nodes (through a proxy each) as its broker
+//! list, and on top of the faults above: nodes killed (half of the time the one leading the
+//! pool queue) and started again, and nodes paused (SIGSTOP) for longer than two heartbeats.
+//! One node at most is down at a time. Besides the checker's violations it reports the
+//! availability: the longest time without an acquire answered with a slot, overall and
+//! while a node was down or paused.
+//!
 //! `cargo test --release --test chaos -- --nocapture`; `BERTH_CHAOS_SECS=600` for a long run.
 
 mod support;
@@ -45,6 +53,7 @@ use chrono::{DateTime, Utc};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use support::broker::PrivateBroker;
+use support::cluster::PrivateCluster;
 use support::proxy::Proxy;
 
 const SLOTS: usize = 6;
@@ -111,6 +120,62 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// One process's way to the broker: a proxy to each node, in the order of its broker list.
+struct Route(Vec<Proxy>);
+
+impl Route {
+    /// Proxies to `nodes`, listed from the `first`-th on (so that processes spread over the
+    /// nodes of a cluster).
+    async fn start(nodes: &[SocketAddr], first: usize) -> Route {
+        let mut proxies = Vec::new();
+        for k in 0..nodes.len() {
+            proxies.push(Proxy::start(nodes[(first + k) % nodes.len()]).await);
+        }
+        Route(proxies)
+    }
+
+    /// The broker list (`BERTH_AMQP_URL`).
+    fn url(&self) -> String {
+        self.0
+            .iter()
+            .map(|p| format!("amqp://guest:guest@{}/%2f", p.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn cut(&self) {
+        self.0.iter().for_each(Proxy::cut);
+    }
+
+    fn sever(&self) {
+        self.0.iter().for_each(Proxy::sever);
+    }
+
+    fn stall(&self) {
+        self.0.iter().for_each(Proxy::stall);
+    }
+
+    fn resume(&self) {
+        self.0.iter().for_each(Proxy::resume);
+    }
+}
+
+/// The broker: one node, or a cluster of three.
+enum Broker {
+    Node(PrivateBroker),
+    Cluster(PrivateCluster),
+}
+
+impl Broker {
+    fn addrs(&self) -> Vec<SocketAddr> {
+        let port = |b: &PrivateBroker| SocketAddr::from(([127, 0, 0, 1], b.port));
+        match self {
+            Broker::Node(node) => vec![port(node)],
+            Broker::Cluster(cluster) => cluster.nodes.iter().map(port).collect(),
+        }
+    }
+}
+
 /// A child process that is killed when dropped.
 struct Proc {
     child: Child,
@@ -161,10 +226,10 @@ struct Stack {
     assigner: Option<Proc>,
     workers: Vec<Option<Proc>>,
     standbys: Vec<Option<Proc>>,
-    /// The own broker proxy of each worker process of a slot with a standby (the slot's
+    /// The own broker route of each worker process of a slot with a standby (the slot's
     /// holder at `i`, its standby at `STANDBYS + i`), to cut one of them off alone; every
-    /// other process goes through the shared proxy.
-    own_proxies: Vec<Proxy>,
+    /// other process goes through the shared route.
+    own_proxies: Vec<Route>,
 }
 
 impl Stack {
@@ -193,10 +258,7 @@ impl Stack {
         let slot = format!("ppa-{}", i + 1);
         let log = self.worker_log(i, suffix);
         let env: Vec<(&str, String)> = proxy
-            .map(|p| {
-                let url = format!("amqp://guest:guest@{}/%2f", self.own_proxies[p].addr);
-                ("BERTH_AMQP_URL", url)
-            })
+            .map(|p| ("BERTH_AMQP_URL", self.own_proxies[p].url()))
             .into_iter()
             .collect();
         Proc::spawn(
@@ -213,7 +275,7 @@ impl Stack {
 
     /// The worker process of slot `i` that holds its lock, by what their logs said last (the
     /// one whose latest lock line is a takeover), with its own proxy.
-    fn lock_holder(&self, i: usize) -> Option<(&Proc, &Proxy)> {
+    fn lock_holder(&self, i: usize) -> Option<(&Proc, &Route)> {
         let holds = |suffix: &str| {
             let log = std::fs::read_to_string(self.worker_log(i, suffix)).unwrap_or_default();
             let took = log.rfind("took the slot over");
@@ -275,6 +337,8 @@ struct Tally {
     held: Vec<Held>,
     violations: Vec<String>,
     last_success: Option<Instant>,
+    /// When each acquire was answered with a slot, for the availability.
+    successes: Vec<Instant>,
 }
 
 type Shared = Arc<Mutex<Tally>>;
@@ -377,6 +441,7 @@ async fn client_loop(
             let mut t = tally.lock().unwrap();
             t.acquires += 1;
             t.last_success = Some(got);
+            t.successes.push(got);
         }
         let token_sha256 = berth::lease::token_hash(&token);
         // Use the slot: upload a package, which cleaning must delete before the next holder.
@@ -548,6 +613,10 @@ enum Fault {
     StallWorker,
     /// An operator action: disable (drain or `now`), enable, reclaim or clean.
     Operator,
+    /// On a cluster: a node killed (half of the time the pool queue's leader), then started.
+    KillNode,
+    /// On a cluster: a node paused (SIGSTOP) for longer than two heartbeats, then resumed.
+    PauseNode,
 }
 
 const FAULTS: [Fault; 10] = [
@@ -561,6 +630,23 @@ const FAULTS: [Fault; 10] = [
     Fault::Store412,
     Fault::StallWorker,
     Fault::Operator,
+];
+
+/// The faults of a cluster run: a broker restart is a node's (graceful), and nodes are killed
+/// and paused too.
+const CLUSTER_FAULTS: [Fault; 12] = [
+    Fault::KillWorker,
+    Fault::KillAssigner,
+    Fault::BrokerRestart,
+    Fault::CutConnections,
+    Fault::StallConnections,
+    Fault::Store5xx,
+    Fault::StoreSlow,
+    Fault::Store412,
+    Fault::StallWorker,
+    Fault::Operator,
+    Fault::KillNode,
+    Fault::PauseNode,
 ];
 
 /// At most this many slots are disabled (or draining) at once: the clients keep a pool.
@@ -737,8 +823,51 @@ async fn enable_all(
     }
 }
 
+/// The two chaos runs take turns: each loads the machine on its own, and their timings
+/// (heartbeats, pauses) are what they test.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invariants_hold_under_faults() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    chaos(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invariants_hold_on_a_cluster() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    chaos(true).await;
+}
+
+/// The longest time between two acquires answered with a slot, among `successes` (sorted
+/// here) from `start` to `end`, and the longest of those that overlap one of `windows`.
+fn longest_gaps(
+    successes: &mut [Instant],
+    start: Instant,
+    end: Instant,
+    windows: &[(Instant, Instant)],
+) -> (Duration, Duration) {
+    successes.sort_unstable();
+    let mut points = vec![start];
+    points.extend(
+        successes
+            .iter()
+            .copied()
+            .filter(|t| *t >= start && *t <= end),
+    );
+    points.push(end);
+    let (mut overall, mut in_faults) = (Duration::ZERO, Duration::ZERO);
+    for pair in points.windows(2) {
+        let gap = pair[1] - pair[0];
+        overall = overall.max(gap);
+        if windows.iter().any(|(a, b)| pair[0] < *b && *a < pair[1]) {
+            in_faults = in_faults.max(gap);
+        }
+    }
+    (overall, in_faults)
+}
+
+async fn chaos(on_cluster: bool) {
     let seed: u64 = std::env::var("BERTH_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -746,11 +875,17 @@ async fn invariants_hold_under_faults() {
     eprintln!("chaos: seed={seed} (BERTH_CHAOS_SEED to replay the schedule)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let mut broker = tokio::task::spawn_blocking(PrivateBroker::start)
-        .await
-        .unwrap();
-    let broker_addr: SocketAddr = format!("127.0.0.1:{}", broker.port).parse().unwrap();
-    let proxy = Proxy::start(broker_addr).await;
+    let mut broker = tokio::task::spawn_blocking(move || {
+        if on_cluster {
+            Broker::Cluster(PrivateCluster::start(3))
+        } else {
+            Broker::Node(PrivateBroker::start())
+        }
+    })
+    .await
+    .unwrap();
+    let nodes = broker.addrs();
+    let proxy = Route::start(&nodes, 0).await;
     let fake = FakeLaunchpad::start(
         "127.0.0.1:0".parse().unwrap(),
         FakeConfig {
@@ -778,7 +913,8 @@ async fn invariants_hold_under_faults() {
         &config,
         format!(
             r#"
-amqp_url = "amqp://guest:guest@{proxy}/%2f"
+amqp_url = "{proxy}"
+queue_type = "{queue_type}"
 heartbeat_secs = {HEARTBEAT_SECS}
 namespace = "chaos"
 listen = "127.0.0.1:{port}"
@@ -819,7 +955,8 @@ backoff_max_millis = 1000
 name = "{POOL}"
 slots = [{slots}]
 "#,
-            proxy = proxy.addr,
+            proxy = proxy.url(),
+            queue_type = if on_cluster { "quorum" } else { "classic" },
             api_root = fake.api_root(),
             credentials = credentials.display(),
             slots = slots.join(", "),
@@ -841,8 +978,8 @@ slots = [{slots}]
         standbys: vec![],
         own_proxies: Vec::new(),
     };
-    for _ in 0..2 * STANDBYS {
-        stack.own_proxies.push(Proxy::start(broker_addr).await);
+    for i in 0..2 * STANDBYS {
+        stack.own_proxies.push(Route::start(&nodes, i + 1).await);
     }
     stack.workers.resize_with(SLOTS, || None);
     stack.standbys.resize_with(STANDBYS, || None);
@@ -880,13 +1017,21 @@ slots = [{slots}]
     let mut injected: BTreeMap<String, u32> = BTreeMap::new();
     let mut stalls = 0u32;
     let mut max_recovery = Duration::ZERO;
-    let mut kinds = FAULTS.to_vec();
+    let faults_of_run = if on_cluster {
+        CLUSTER_FAULTS.to_vec()
+    } else {
+        FAULTS.to_vec()
+    };
+    let mut kinds = faults_of_run.clone();
+    // When a node was down or paused, for the availability.
+    let mut node_faults: Vec<(&str, Instant, Instant)> = Vec::new();
+    let run_start = Instant::now();
     let mut disabled = std::collections::BTreeSet::new();
     let mut ops: Vec<OpRequest> = Vec::new();
     while Instant::now() + Duration::from_secs(4) < stop {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..3000))).await;
         if kinds.is_empty() {
-            kinds = FAULTS.to_vec();
+            kinds = faults_of_run.clone();
         }
         let fault = kinds.swap_remove(rng.random_range(0..kinds.len()));
         *injected.entry(format!("{fault:?}")).or_default() += 1;
@@ -956,12 +1101,60 @@ slots = [{slots}]
                 stack.start_assigner();
             }
             Fault::BrokerRestart => {
+                let began = Instant::now();
+                let k = rng.random_range(0..nodes.len());
                 broker = tokio::task::spawn_blocking(move || {
-                    broker.restart();
+                    match &mut broker {
+                        Broker::Node(node) => node.restart(),
+                        Broker::Cluster(cluster) => {
+                            cluster.nodes[k].restart();
+                            cluster.wait_running(3, Duration::from_secs(60));
+                        }
+                    }
                     broker
                 })
                 .await
                 .unwrap();
+                node_faults.push(("restart", began, Instant::now()));
+            }
+            Fault::KillNode => {
+                let Broker::Cluster(cluster) = &mut broker else {
+                    unreachable!("a cluster fault")
+                };
+                let pool_queue = format!("chaos.assign.{POOL}");
+                let leader = tokio::task::block_in_place(|| cluster.leader_of(&pool_queue));
+                let k = match leader {
+                    Some(leader) if rng.random_bool(0.5) => leader,
+                    _ => rng.random_range(0..cluster.nodes.len()),
+                };
+                let began = Instant::now();
+                tokio::task::block_in_place(|| cluster.nodes[k].kill());
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1000..4000))).await;
+                tokio::task::block_in_place(|| {
+                    cluster.nodes[k].relaunch();
+                    cluster.wait_running(3, Duration::from_secs(60));
+                });
+                let kind = if leader == Some(k) {
+                    "kill_leader"
+                } else {
+                    "kill"
+                };
+                node_faults.push((kind, began, Instant::now()));
+                if leader == Some(k) {
+                    *injected.entry("KillNode(leader)".to_owned()).or_default() += 1;
+                }
+            }
+            Fault::PauseNode => {
+                let Broker::Cluster(cluster) = &broker else {
+                    unreachable!("a cluster fault")
+                };
+                let k = rng.random_range(0..cluster.nodes.len());
+                let began = Instant::now();
+                cluster.nodes[k].signal("-STOP");
+                let pause = HEARTBEAT_SECS * 1000 * 2 + rng.random_range(1000..3000);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                cluster.nodes[k].signal("-CONT");
+                node_faults.push(("pause", began, Instant::now()));
             }
             Fault::CutConnections => {
                 for p in std::iter::once(&proxy).chain(&stack.own_proxies) {
@@ -1030,6 +1223,21 @@ slots = [{slots}]
     }
 
     let mut tally = Arc::try_unwrap(tally).unwrap().into_inner().unwrap();
+    let windows: Vec<_> = node_faults.iter().map(|(_, a, b)| (*a, *b)).collect();
+    let (max_gap, max_gap_node_down) =
+        longest_gaps(&mut tally.successes, run_start, stop, &windows);
+    // The longest gap around each kind of node fault, for the availability report.
+    let mut by_kind: BTreeMap<&str, Duration> = BTreeMap::new();
+    for (kind, a, b) in &node_faults {
+        let (_, gap) = longest_gaps(&mut tally.successes, run_start, stop, &[(*a, *b)]);
+        let longest = by_kind.entry(kind).or_default();
+        *longest = (*longest).max(gap);
+    }
+    let gaps_by_kind = by_kind
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_millis()))
+        .collect::<Vec<_>>()
+        .join(",");
     if !all_free {
         let view = http.get(format!("{url}/v1/slots")).send().await.ok();
         let body = match view {
@@ -1067,7 +1275,7 @@ slots = [{slots}]
         eprintln!("violation: {v}");
     }
     println!(
-        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} actions={} ({}) revoked={} takeovers={} deletions={} max_recovery_ms={} violations={}",
+        "chaos: acquires={} releases={} expiries={} faults={} ({}) holders_paused={} actions={} ({}) revoked={} takeovers={} deletions={} max_recovery_ms={} max_gap_ms={} max_gap_node_down_ms={} ({}) violations={}",
         tally.acquires,
         tally.releases,
         count_expiries(&fake),
@@ -1080,6 +1288,9 @@ slots = [{slots}]
         count_takeovers(&fake),
         fake.deletions().len(),
         max_recovery.as_millis(),
+        max_gap.as_millis(),
+        max_gap_node_down.as_millis(),
+        gaps_by_kind,
         tally.violations.len()
     );
     eprintln!(

@@ -61,8 +61,10 @@ impl Floor {
     ) -> anyhow::Result<Floor> {
         let cancel = CancellationToken::new();
         // The consumer side.
-        let consumer =
-            berth::broker::connect_with(amqp_url, tls, "berth-bench-floor-consumer").await?;
+        let consumer = berth::cluster::Brokers::from_list(amqp_url, tls.clone())
+            .connect("berth-bench-floor-consumer")
+            .await?
+            .connection;
         let channel = consumer.create_channel().await?;
         channel
             .queue_declare(
@@ -90,7 +92,10 @@ impl Floor {
         ));
 
         // The HTTP side.
-        let server = berth::broker::connect_with(amqp_url, tls, "berth-bench-floor-server").await?;
+        let server = berth::cluster::Brokers::from_list(amqp_url, tls.clone())
+            .connect("berth-bench-floor-server")
+            .await?
+            .connection;
         let channel = server.create_channel().await?;
         let (reply, replies) = berth::broker::private_queue(&channel).await?;
         let state = Arc::new(Server {

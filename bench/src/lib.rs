@@ -81,9 +81,11 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
         &options.bin_dir,
     )
     .await?;
-    let connection = berth::broker::connect_with(&options.amqp_url, &tls, "berth-bench")
+    let connection = berth::cluster::Brokers::from_list(&options.amqp_url, tls)
+        .connect("berth-bench")
         .await
-        .context("cannot connect to the broker")?;
+        .context("cannot connect to the broker")?
+        .connection;
     eprintln!(
         "berth-bench: namespace {namespace}, logs in {}",
         stack.dir.display()

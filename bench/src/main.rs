@@ -18,7 +18,7 @@ use berth_bench::store_calls::StoreCallsOptions;
 struct Args {
     #[command(subcommand)]
     command: Option<Measure>,
-    /// AMQP URL of the RabbitMQ broker.
+    /// AMQP URL of the RabbitMQ broker, or the comma-separated URLs of a cluster's nodes.
     #[arg(long, global = true, env = "BERTH_AMQP_URL", default_value = berth::config::DEFAULT_AMQP_URL, hide_env_values = true)]
     amqp_url: String,
     /// PEM file of CA certificates an `amqps://` broker's certificate may chain to (besides

@@ -22,6 +22,7 @@ use super::metrics::Metrics;
 use super::pending::Pending;
 use crate::backoff::Backoff;
 use crate::broker::{self, PERSISTENT, json_properties};
+use crate::cluster::{self, Brokers};
 use crate::protocol::{Control, Names, PROTOCOL_VERSION, encode};
 
 /// How long a stopping assigner keeps its connection open for the releases it still holds,
@@ -51,6 +52,12 @@ pub(crate) struct Connected {
     /// Slot queues declared on this connection (declared before the first publish to them).
     declared_slots: Mutex<HashSet<String>>,
     names: Names,
+    /// The broker node this connection goes to, redacted (`/readyz` says it).
+    pub(crate) node: String,
+    /// Fired when the broker refused a message: the connection is given up for a fresh one.
+    /// A channel that published to a quorum queue while its leader was lost can go on being
+    /// refused after a new leader is elected (seen on RabbitMQ 3.10, DESIGN §3 "Cluster").
+    abandon: CancellationToken,
 }
 
 impl Connected {
@@ -102,8 +109,15 @@ impl Connected {
                 properties,
             )
             .await?;
+        let abandon = self.abandon.clone();
         Ok(async move {
             if confirm.await?.is_nack() {
+                if !abandon.is_cancelled() {
+                    tracing::warn!(
+                        "the broker refused a message; starting over on a fresh connection"
+                    );
+                    abandon.cancel();
+                }
                 return Err(LinkError::Nacked);
             }
             Ok(())
@@ -175,7 +189,9 @@ impl Connected {
 
 /// What the connection loop needs.
 pub(crate) struct LinkConfig {
-    pub(crate) amqp_url: String,
+    /// The broker nodes, tried in order ([`Brokers`]).
+    pub(crate) amqp_urls: Vec<String>,
+    /// How `amqps://` nodes' certificates are checked.
     pub(crate) tls: broker::BrokerTls,
     pub(crate) names: Names,
     pub(crate) pools: Vec<String>,
@@ -195,22 +211,23 @@ pub(crate) async fn connection_loop(
     let mut epoch = 0;
     let mut connected_once = false;
     let mut backoff = Backoff::new(Duration::from_millis(100), broker::RECONNECT_MAX);
+    let brokers = Brokers::new(config.amqp_urls.clone(), config.tls.clone());
     loop {
         let name = format!(
             "berth-assigner-{}-{}",
             config.names.namespace(),
             std::process::id()
         );
-        let Some(connection) =
-            broker::connect_with_backoff(&config.amqp_url, &config.tls, &name, &cancel).await
+        let Some(cluster::Connected { connection, node }) =
+            brokers.connect_with_backoff(&name, &cancel).await
         else {
             break;
         };
         epoch += 1;
-        match open(&config, connection, epoch).await {
+        match open(&config, connection, node, epoch).await {
             Ok((connected, replies)) => {
                 backoff.reset();
-                tracing::info!(epoch, "connected to the broker");
+                tracing::info!(epoch, node = %connected.node, "connected to the broker");
                 if std::mem::replace(&mut connected_once, true) {
                     metrics.broker_reconnected();
                 }
@@ -222,6 +239,12 @@ pub(crate) async fn connection_loop(
                 connected.alive.store(false, Ordering::SeqCst);
                 current.send_replace(None);
                 pending.fail_through(epoch);
+                if connected.abandon.is_cancelled() && !cancel.is_cancelled() {
+                    let _ = connected
+                        .connection
+                        .close(200, "refused a message; starting over".into())
+                        .await;
+                }
                 if cancel.is_cancelled() {
                     let _ = connected
                         .connection
@@ -229,7 +252,7 @@ pub(crate) async fn connection_loop(
                         .await;
                     break;
                 }
-                tracing::warn!(epoch, "lost the broker connection; reconnecting");
+                tracing::warn!(epoch, node = %connected.node, "lost the broker connection; reconnecting");
             }
             Err(err) => tracing::warn!(error = %err, "cannot set up the broker session; retrying"),
         }
@@ -243,6 +266,7 @@ pub(crate) async fn connection_loop(
 async fn open(
     config: &LinkConfig,
     connection: Connection,
+    node: String,
     epoch: u64,
 ) -> Result<(Arc<Connected>, lapin::Consumer), LinkError> {
     let publisher = connection.create_channel().await?;
@@ -283,6 +307,8 @@ async fn open(
         inspector: Mutex::new(None),
         declared_slots: Mutex::new(HashSet::new()),
         names: config.names.clone(),
+        node,
+        abandon: CancellationToken::new(),
     };
     Ok((Arc::new(connected), replies))
 }
@@ -298,6 +324,7 @@ async fn serve_replies(
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
+            _ = connected.abandon.cancelled() => return,
             event = events.next() => {
                 if let Some(lapin::Event::Error(err)) = event {
                     // lapin says here also when the broker closes one channel (a passive

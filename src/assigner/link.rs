@@ -103,6 +103,11 @@ impl Link {
         self.connected().is_some()
     }
 
+    /// The broker node of the live connection (redacted), if one is up.
+    pub(crate) fn node(&self) -> Option<String> {
+        self.connected().map(|connected| connected.node.clone())
+    }
+
     /// Waits for a live connection; `None` once `cancel` fires.
     pub(crate) async fn wait_connected(
         &self,
@@ -177,13 +182,15 @@ impl Link {
         // The confirm and the reply are awaited together: a reply proves the broker had the
         // request, so the client need not wait for the confirm as well.
         let mut confirm = Box::pin(confirm);
+        // Whether the confirm has come (an ack or a refusal): a finished future is not
+        // polled again.
         let mut confirmed = false;
         let outcome = loop {
             tokio::select! {
                 reply = ticket.reply() => break reply.map_err(|_| ExchangeError::BrokerDown),
-                result = &mut confirm, if !confirmed => match result {
-                    Ok(()) => confirmed = true,
-                    Err(err) => {
+                result = &mut confirm, if !confirmed => {
+                    confirmed = true;
+                    if let Err(err) = result {
                         tracing::warn!(error = %err, "the broker did not take the assign request");
                         break Err(ExchangeError::BrokerDown);
                     }

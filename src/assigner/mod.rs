@@ -87,7 +87,7 @@ impl Application {
         let link_stop = CancellationToken::new();
         let link = link::start(
             connection::LinkConfig {
-                amqp_url: config.broker_url(),
+                amqp_urls: config.broker_urls(),
                 tls: broker_tls,
                 names: config.names(),
                 pools: config.pools.iter().map(|p| p.name.clone()).collect(),

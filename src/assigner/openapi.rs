@@ -59,6 +59,10 @@ pub(crate) struct HistoryEvent {
 pub(crate) struct Health {
     /// `ok` (alive) or `ready` (connected to the broker).
     pub(crate) status: String,
+    /// With `ready`: the broker node in use, without its password (a cluster's nodes are
+    /// tried in order; this says which one answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) broker: Option<String>,
 }
 
 #[derive(OpenApi)]

@@ -743,8 +743,8 @@ pub(crate) async fn healthz() -> Response {
 pub(crate) async fn readyz(State(app): Shared) -> Response {
     if app.shutdown.is_cancelled() {
         ApiError::ShuttingDown.into_response()
-    } else if app.link.is_up() {
-        Json(json!({"status": "ready"})).into_response()
+    } else if let Some(node) = app.link.node() {
+        Json(json!({"status": "ready", "broker": node})).into_response()
     } else {
         ApiError::BrokerDown.into_response()
     }

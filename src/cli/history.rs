@@ -91,16 +91,54 @@ pub async fn history(args: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 /// `berth events`: follows the live events until SIGINT or SIGTERM, a line each. Says
 /// `following …` on stderr once its queue is bound: every event published after that line
-/// is printed.
+/// is printed. When it loses the broker it says so and follows again on the next node that
+/// answers (its queue is new: the events meanwhile are missed; `berth history` has them).
 pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let names = config.names();
     let cancel = crate::shutdown::signal();
-    let connection =
-        crate::broker::connect_with(&config.broker_url(), &config.broker_tls()?, "berth-events")
-            .await?;
+    let brokers = crate::cluster::Brokers::new(config.broker_urls(), config.broker_tls()?);
+    // The first connection must work: a wrong URL or password is said at once.
+    let mut connected = Some(brokers.connect("berth-events").await?);
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(100),
+        crate::broker::RECONNECT_MAX,
+    );
+    loop {
+        let connection = match connected.take() {
+            Some(connected) => connected.connection,
+            None => match brokers.connect_with_backoff("berth-events", &cancel).await {
+                Some(connected) => connected.connection,
+                None => return Ok(ExitCode::SUCCESS),
+            },
+        };
+        let followed = follow(&args, &names, &connection, &cancel).await;
+        let _ = connection.close(200, "berth events stopping".into()).await;
+        match followed {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => {
+                eprintln!("berth: lost the broker; following again on the next node that answers")
+            }
+            Err(err) => eprintln!(
+                "berth: lost the broker ({err}); following again on the next node that answers"
+            ),
+        }
+        if !crate::backoff::pause(&cancel, backoff.next_delay()).await {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+/// Follows the events on `connection` until `cancel` fires or the reader goes (the exit
+/// code), or the broker ends the stream (`None`).
+async fn follow(
+    args: &EventsArgs,
+    names: &crate::protocol::Names,
+    connection: &lapin::Connection,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Option<ExitCode>> {
     let channel = connection.create_channel().await?;
-    crate::broker::declare_common(&channel, &names).await?;
+    crate::broker::declare_common(&channel, names).await?;
     let (queue, mut consumer) = crate::broker::private_queue(&channel).await?;
     let key = match &args.pool {
         Some(pool) => format!("{pool}.#"),
@@ -119,9 +157,9 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         "berth: following the events of {} ({key}); Ctrl-C stops",
         names.events_exchange()
     );
-    let code = loop {
+    loop {
         tokio::select! {
-            _ = cancel.cancelled() => break ExitCode::SUCCESS,
+            _ = cancel.cancelled() => return Ok(Some(ExitCode::SUCCESS)),
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => match decode::<Event>(&delivery.data) {
                     Ok(event) => {
@@ -131,24 +169,16 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
                         };
                         // Whoever read the output is gone (`berth events | head -1`): done.
                         if writeln!(std::io::stdout(), "{text}").is_err() {
-                            break ExitCode::SUCCESS;
+                            return Ok(Some(ExitCode::SUCCESS));
                         }
                     }
                     Err(err) => eprintln!("berth: skipped a message that is no event: {err}"),
                 },
-                Some(Err(err)) => {
-                    eprintln!("berth: the broker ended the stream of events: {err}");
-                    break ExitCode::from(1);
-                }
-                None => {
-                    eprintln!("berth: the broker ended the stream of events");
-                    break ExitCode::from(1);
-                }
+                Some(Err(err)) => return Err(err.into()),
+                None => return Ok(None),
             }
         }
-    };
-    let _ = connection.close(200, "berth events stopping".into()).await;
-    Ok(code)
+    }
 }
 
 /// One event as a line: time, slot, pool, event, then owner, by and reason when there are.

@@ -1,7 +1,7 @@
 //! Helpers of the integration tests, one module per concern: a namespace per test on the
 //! shared broker, the assigner in-process on port 0, HTTP calls, the binaries as child
 //! processes, `/metrics` parsed, a stack of real processes; and, for tests that stop or cut the
-//! broker, a private RabbitMQ node and a TCP proxy. What the worker's tests need too (the test
+//! broker, a private RabbitMQ node, a private three-node cluster and a TCP proxy. What the worker's tests need too (the test
 //! configuration, polling with a deadline) is in the `berth-testkit` crate (`testkit/`). The
 //! everyday helpers are re-exported here:
 //! `use support::*`.
@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod cluster;
 pub mod http;
 pub mod metrics;
 pub mod namespace;

@@ -50,7 +50,14 @@ pub async fn release_direct(names: &Names, slot: &str, token: &str) {
 
 /// Deletes the queues and exchange of `config`'s namespace (best effort).
 pub async fn delete_queues(config: &Config) {
-    let Ok(conn) = berth::broker::connect(&config.amqp_url, "berth-test-cleanup").await else {
+    let Ok(tls) = config.broker_tls() else {
+        return;
+    };
+    let brokers = berth::cluster::Brokers::new(config.broker_urls(), tls);
+    let Ok(berth::cluster::Connected {
+        connection: conn, ..
+    }) = brokers.connect("berth-test-cleanup").await
+    else {
         return;
     };
     let names = config.names();

@@ -66,6 +66,12 @@ struct ErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    connection: String,
+    node: String,
+}
+
 #[derive(Debug, Clone)]
 struct CleanBuckets;
 
@@ -96,6 +102,9 @@ pub struct Metrics {
     clean_failures: Family<PoolLabels, Counter>,
     store_errors: Family<ErrorLabels, Counter>,
     broker_reconnects: Counter,
+    broker_node: Family<NodeLabels, Gauge>,
+    /// The node each connection last connected to, whose series goes when it moves on.
+    nodes: std::sync::Mutex<std::collections::HashMap<String, String>>,
     events_unpublished: Family<PoolLabels, Counter>,
     slots: Family<StateLabels, Gauge>,
     standby: Family<PoolLabels, Gauge>,
@@ -115,6 +124,8 @@ impl Metrics {
             clean_failures: Family::default(),
             store_errors: Family::default(),
             broker_reconnects: Counter::default(),
+            broker_node: Family::default(),
+            nodes: std::sync::Mutex::default(),
             events_unpublished: Family::default(),
             slots: Family::default(),
             standby: Family::default(),
@@ -190,6 +201,11 @@ impl Metrics {
             self.broker_reconnects.clone(),
         );
         r.register(
+            "berth_worker_broker_node",
+            "The broker node each connection of the process uses (1), by connection name and node URL without its password",
+            self.broker_node.clone(),
+        );
+        r.register(
             "berth_worker_events_unpublished",
             "Lifecycle events that could not be published (no publish or confirm in time, or refused), by pool",
             self.events_unpublished.clone(),
@@ -258,6 +274,26 @@ impl Metrics {
 
     pub(crate) fn broker_reconnected(&self) {
         self.broker_reconnects.inc();
+    }
+
+    /// Connection `connection` now goes to broker node `node` (redacted).
+    pub(crate) fn broker_node(&self, connection: &str, node: &str) {
+        let mut nodes = self
+            .nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(old) = nodes.insert(connection.to_owned(), node.to_owned()) {
+            self.broker_node.remove(&NodeLabels {
+                connection: connection.to_owned(),
+                node: old,
+            });
+        }
+        self.broker_node
+            .get_or_create(&NodeLabels {
+                connection: connection.to_owned(),
+                node: node.to_owned(),
+            })
+            .set(1);
     }
 
     pub(crate) fn event_unpublished(&self, pool: &str) {
@@ -444,7 +480,10 @@ mod tests {
         gauge.set(SlotState::Used);
         gauge.set(SlotState::Dirty);
         let standing_by = Raised::new(metrics.standby("ppa"));
+        metrics.broker_node("w", "amqp://guest@a:5672/%2f");
+        metrics.broker_node("w", "amqp://guest@b:5672/%2f");
         let text = metrics.render();
+        assert!(!text.contains("@a:5672"), "the node left is gone:\n{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
         openmetrics_parser::openmetrics::parse_openmetrics(&text)
             .unwrap_or_else(|e| panic!("{e:?}:\n{text}"));
@@ -461,6 +500,7 @@ mod tests {
             "berth_worker_slots{pool=\"ppa\",state=\"free\"} 0",
             "berth_worker_standby{pool=\"ppa\"} 1",
             "berth_worker_broker_reconnects_total 0",
+            "berth_worker_broker_node{connection=\"w\",node=\"amqp://guest@b:5672/%2f\"} 1",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -53,7 +53,7 @@ pub async fn run_slots(
     }
     let tls = config.broker_tls()?;
     let connectors = connection::connectors(
-        &config.broker_url(),
+        &config.broker_urls(),
         &tls,
         &options.connection_name,
         slots.len(),

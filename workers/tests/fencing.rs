@@ -9,6 +9,19 @@ mod common;
 #[allow(dead_code, unreachable_pub)] // the stall/resume half serves the chaos test
 #[path = "../../tests/support/proxy.rs"]
 mod proxy;
+// The private cluster of the berth tree's tests, and what it needs of their helpers.
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/support/broker.rs"]
+mod broker;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../tests/support/cluster.rs"]
+mod cluster;
+mod process {
+    pub(crate) fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+}
 
 use std::time::{Duration, Instant};
 
@@ -19,13 +32,15 @@ use proxy::Proxy;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// The broker URL with a heartbeat of `heartbeat` seconds, through `proxy` when given.
-fn broker_url(proxy: Option<&Proxy>, heartbeat: u16) -> String {
-    let direct = common::amqp_url();
+/// The broker URL `direct` with a heartbeat of `heartbeat` seconds, through `proxy` when
+/// given (in place of the node's address `target`).
+fn broker_url(direct: &str, proxy: Option<(&str, &Proxy)>, heartbeat: u16) -> String {
+    let direct = direct.to_owned();
     let url = match proxy {
-        Some(proxy) => direct.replacen("127.0.0.1:5672", &proxy.addr.to_string(), 1),
+        Some((target, proxy)) => direct.replacen(target, &proxy.addr.to_string(), 1),
         None => direct,
     };
+    let proxy = proxy.map(|(_, proxy)| proxy);
     assert!(
         proxy.is_none() || url.contains(&proxy.unwrap().addr.to_string()),
         "cannot route {url} through the proxy"
@@ -61,14 +76,67 @@ async fn written_epochs(world: &World, ppa: &str) -> Vec<(u64, u64, Option<SlotS
 async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     // Deletions take 1.5 s, so the first worker is still cleaning when it is paused.
     let world = World::start_with(1, Duration::from_millis(1500)).await;
+    let shared = common::amqp_url();
     let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let through_proxy = broker_url(&shared, Some(("127.0.0.1:5672", &proxy)), 60);
+    let direct = broker_url(&shared, None, 1);
+    resumed_cleaner(world, proxy, &through_proxy, &direct, || {}).await;
+}
+
+/// The same story on a private three-node cluster with quorum queues: the slot's control
+/// queue does not refuse a second exclusive consumer there, so the lock is the lock queue's
+/// (DESIGN §3 "Slot lock"). The first worker reaches the first node through the proxy; the
+/// standby is connected to the second node, with the first one last in its list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on_on_a_cluster() {
+    let cluster = tokio::task::spawn_blocking(|| cluster::PrivateCluster::start(3))
+        .await
+        .unwrap();
+    let mut world = World::start_with(1, Duration::from_millis(1500)).await;
+    let urls = cluster.urls();
+    world.config.amqp_url = cluster.url_list();
+    world.config.queue_type = berth::config::QueueType::Quorum;
+    std::fs::write(&world.config_path, toml::to_string(&world.config).unwrap()).unwrap();
+    let first_node = format!("127.0.0.1:{}", cluster.nodes[0].port);
+    let proxy = Proxy::start(first_node.parse().unwrap()).await;
+    let through_proxy = broker_url(&urls[0], Some((&first_node, &proxy)), 60);
+    let standby_list = [&urls[1], &urls[2], &urls[0]]
+        .iter()
+        .map(|url| broker_url(url, None, 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let namespace = world.config.namespace.clone();
+    // The queues are of the types the design says.
+    let types = || {
+        for (queue, kind) in [
+            (format!("{namespace}.assign.ppa"), "quorum"),
+            (format!("{namespace}.slot.ppa-1"), "quorum"),
+            (format!("{namespace}.lock.ppa-1"), "classic"),
+        ] {
+            let found = tokio::task::block_in_place(|| cluster.queue_type(&queue));
+            assert_eq!(found.as_deref(), Some(kind), "{queue}");
+        }
+    };
+    resumed_cleaner(world, proxy, &through_proxy, &standby_list, types).await;
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .unwrap();
+}
+
+/// The story, with the first worker on `through_proxy` (which goes through `proxy`) and the
+/// standby on `direct`; `check` looks at the broker while the slot is held.
+async fn resumed_cleaner(
+    world: World,
+    proxy: Proxy,
+    through_proxy: &str,
+    direct: &str,
+    check: impl FnOnce(),
+) {
     let mut client = Client::new(&world.config).await;
-    let through_proxy = broker_url(Some(&proxy), 60);
-    let mut first = world.worker("first", &["ppa-1"], &[("BERTH_AMQP_URL", &through_proxy)]);
+    let mut first = world.worker("first", &["ppa-1"], &[("BERTH_AMQP_URL", through_proxy)]);
     world.wait_state("ppa-1", SlotState::Free).await;
     first.wait_log("took the slot over").await;
-    let direct = broker_url(None, 1);
-    let mut standby = world.worker("standby", &["ppa-1"], &[("BERTH_AMQP_URL", &direct)]);
+    let mut standby = world.worker("standby", &["ppa-1"], &[("BERTH_AMQP_URL", direct)]);
     standby.wait_log("standing by").await;
 
     // A first holder uploads and releases; the first worker starts cleaning.
@@ -146,6 +214,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
     assert_eq!(fenced_lines, 1, "said once:\n{}", first.logs());
     eprintln!("takeover {takeover:?} after the pause");
 
+    check();
     // The holder still releases normally, and the slot is cleaned by the standby.
     client.release("ppa-1", &new.lease_token).await;
     world.wait_state("ppa-1", SlotState::Free).await;

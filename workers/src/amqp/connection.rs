@@ -10,6 +10,8 @@ use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use berth::cluster::Brokers;
+
 use super::{BROKER_TIMEOUT, Error, bounded};
 use crate::metrics::Metrics;
 
@@ -38,10 +40,11 @@ pub(crate) fn shard_of(index: usize, slots: usize, per_connection: usize) -> usi
     (index * shards) / slots.max(1)
 }
 
-/// One [`Connector`] per shard for `slots` slot workers, named `name` (with `-<shard>`
-/// appended when there are several), counting their reconnects in `metrics`.
+/// One [`Connector`] per shard for `slots` slot workers, to the broker nodes `urls` (tried
+/// in order), named `name` (with `-<shard>` appended when there are several), counting their
+/// reconnects in `metrics`.
 pub(crate) fn connectors(
-    url: &str,
+    urls: &[String],
     tls: &BrokerTls,
     name: &str,
     slots: usize,
@@ -55,7 +58,7 @@ pub(crate) fn connectors(
             } else {
                 format!("{name}-{shard}")
             };
-            Arc::new(Connector::new(url, tls, &name, Arc::clone(metrics)))
+            Arc::new(Connector::new(urls, tls, &name, Arc::clone(metrics)))
         })
         .collect()
 }
@@ -64,18 +67,18 @@ pub(crate) fn connectors(
 /// drops, every slot worker's channel fails; the first one to ask for a new channel
 /// reconnects and the others wait on the lock and then share the new connection.
 pub(crate) struct Connector {
-    url: String,
-    tls: BrokerTls,
+    /// The broker nodes: each connector goes through the list on its own, from the first
+    /// node that answers to the next when it loses it.
+    brokers: Brokers,
     name: String,
     current: Mutex<Option<Arc<Connection>>>,
     metrics: Arc<Metrics>,
 }
 
 impl Connector {
-    pub(crate) fn new(url: &str, tls: &BrokerTls, name: &str, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(urls: &[String], tls: &BrokerTls, name: &str, metrics: Arc<Metrics>) -> Self {
         Connector {
-            url: url.to_owned(),
-            tls: tls.clone(),
+            brokers: Brokers::new(urls.to_vec(), tls.clone()),
             name: name.to_owned(),
             current: Mutex::new(None),
             metrics,
@@ -113,12 +116,15 @@ impl Connector {
         if reconnecting {
             tracing::warn!("the broker connection is gone; reconnecting");
         }
-        let conn = Arc::new(
-            berth::broker::connect_with_backoff(&self.url, &self.tls, &self.name, cancel).await?,
-        );
+        let connected = self
+            .brokers
+            .connect_with_backoff(&self.name, cancel)
+            .await?;
+        let conn = Arc::new(connected.connection);
         if reconnecting {
             self.metrics.broker_reconnected();
         }
+        self.metrics.broker_node(&self.name, &connected.node);
         *current = Some(conn.clone());
         drop(current);
         Some(bounded(conn.create_channel()).await)

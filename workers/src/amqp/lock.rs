@@ -1,9 +1,13 @@
-//! The slot lock: an exclusive consumer on `<ns>.slot.<slot>` (DESIGN §3). The broker lets
-//! only one consumer have it, and drops it the moment the holder's connection dies, so a
-//! standby worker takes over within one retry interval.
+//! The slot lock: an exclusive consumer on the slot's lock queue `<ns>.lock.<slot>`, a
+//! transient classic queue (DESIGN §3 "Slot lock"). The broker lets only one consumer have
+//! it, and drops it the moment the holder's connection dies, or the queue's node does, so a
+//! standby worker takes over within one retry interval. The holder alone then consumes the
+//! slot's control queue `<ns>.slot.<slot>`, which may be a quorum queue: those do not refuse a
+//! second exclusive consumer, so they cannot be the lock themselves.
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::protocol::AMQPErrorKind;
 use lapin::protocol::AMQPSoftError;
@@ -11,6 +15,7 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, ErrorKind};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use berth::protocol::Names;
 
@@ -19,7 +24,9 @@ use super::{Error, bounded};
 use crate::metrics::Raised;
 
 /// A held slot lock: the channel every message of this slot worker goes through (in
-/// confirm mode, prefetch 1 per consumer) and the consumer of the slot's control queue.
+/// confirm mode, prefetch 1 per consumer) and the consumer of the slot's control queue. The
+/// lock queue's consumer is watched by a task of its own ([`watch`]): when the broker ends it
+/// (the lock queue's node went), the task closes the channel, which ends the session.
 pub(crate) struct Lock {
     pub(crate) channel: Channel,
     pub(crate) control: Consumer,
@@ -60,20 +67,32 @@ pub(crate) async fn acquire(
         bounded(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
         bounded(channel.basic_qos(1, BasicQosOptions::default())).await?;
         bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        let consume = BasicConsumeOptions {
-            exclusive: true,
-            ..BasicConsumeOptions::default()
-        };
-        let consumed = bounded(channel.basic_consume(
-            names.slot_queue(slot).into(),
-            "".into(),
-            consume,
-            FieldTable::default(),
-        ))
+        let consumed = async {
+            bounded(berth::broker::declare_lock_queue(&channel, names, slot)).await?;
+            let lock = bounded(channel.basic_consume(
+                names.lock_queue(slot).into(),
+                "".into(),
+                exclusive(),
+                FieldTable::default(),
+            ))
+            .await?;
+            // Exclusive too: on a classic control queue the broker refuses it while a worker
+            // of an older berth (whose lock it was) or a holder that has not yet noticed the
+            // loss of its lock queue still consumes; on a quorum queue the flag does nothing.
+            let control = bounded(channel.basic_consume(
+                names.slot_queue(slot).into(),
+                "".into(),
+                exclusive(),
+                FieldTable::default(),
+            ))
+            .await?;
+            Ok::<_, Error>((lock, control))
+        }
         .await;
         match consumed {
-            Ok(control) => {
+            Ok((lock, control)) => {
                 tracing::info!("holding the slot lock");
+                tokio::spawn(watch(lock, channel.clone()).in_current_span());
                 return Ok(Some(Lock { channel, control }));
             }
             // The broker closed this channel; the next try opens a fresh one.
@@ -92,7 +111,38 @@ pub(crate) async fn acquire(
     }
 }
 
-/// Whether an exclusive consume failed because another consumer holds the queue.
+/// The options of the lock's consumes: exclusive, with acks (a control message is settled
+/// by the slot worker).
+fn exclusive() -> BasicConsumeOptions {
+    BasicConsumeOptions {
+        exclusive: true,
+        ..BasicConsumeOptions::default()
+    }
+}
+
+/// Waits until the broker ends the lock queue's consumer `lock` (nothing is ever published
+/// to the queue), then closes `channel` if it is still open: the lock queue's node is gone
+/// (or the queue was deleted), so this worker no longer holds the lock, and every step of
+/// its session on `channel` fails from now on, which sends it back to [`acquire`].
+async fn watch(mut lock: Consumer, channel: Channel) {
+    while let Some(delivery) = lock.next().await {
+        if let Ok(delivery) = delivery {
+            // Not ours to keep: nothing should be published to a lock queue.
+            let _ = delivery.ack(Default::default()).await;
+        }
+    }
+    if channel.status().connected() {
+        tracing::warn!(
+            "the broker ended the slot lock (its queue or its node is gone); giving the slot up"
+        );
+        let closing = channel.close(200, "slot lock lost".into());
+        let _ = tokio::time::timeout(super::BROKER_TIMEOUT, closing).await;
+    }
+}
+
+/// Whether an exclusive consume failed because another consumer holds the queue, or the
+/// lock queue was deleted between its declare and the consume (its holder let go: the queue
+/// is auto-delete): either way, try again.
 fn is_taken(err: &Error) -> bool {
     let Error::Broker(err) = err else {
         return false;
@@ -100,7 +150,11 @@ fn is_taken(err: &Error) -> bool {
     match err.kind() {
         ErrorKind::ProtocolError(amqp) => matches!(
             amqp.kind(),
-            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED | AMQPSoftError::RESOURCELOCKED)
+            AMQPErrorKind::Soft(
+                AMQPSoftError::ACCESSREFUSED
+                    | AMQPSoftError::RESOURCELOCKED
+                    | AMQPSoftError::NOTFOUND
+            )
         ),
         _ => false,
     }

@@ -98,9 +98,14 @@ pub struct Client {
 impl Client {
     pub async fn new(config: &Config) -> Client {
         let names = config.names();
-        let conn = berth::broker::connect(&config.amqp_url, "berth-worker-test-client")
-            .await
-            .unwrap();
+        let conn = berth::cluster::Brokers::new(
+            config.broker_urls(),
+            berth::broker::BrokerTls::system_roots(),
+        )
+        .connect("berth-worker-test-client")
+        .await
+        .unwrap()
+        .connection;
         let channel = conn.create_channel().await.unwrap();
         channel
             .confirm_select(ConfirmSelectOptions::default())
