@@ -109,7 +109,9 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on_on_a_cluster(
     // The queues are of the types the design says.
     let types = || {
         for (queue, kind) in [
-            (format!("{namespace}.assign.ppa"), "quorum"),
+            // A quorum pool has a queue per priority (DESIGN §3 "Priority").
+            (format!("{namespace}.assign.ppa.q0"), "quorum"),
+            (format!("{namespace}.assign.ppa.q9"), "quorum"),
             (format!("{namespace}.slot.ppa-1"), "quorum"),
             (format!("{namespace}.lock.ppa-1"), "classic"),
         ] {
