@@ -479,6 +479,7 @@ async fn without_public_reads_the_rows_need_a_token() {
     // Live with the token too: the release shows without a reload.
     release(&http, &stack.base, &held, &token).await;
     browser.wait_row(&held, "free", None, WITHIN).await;
+    browser.close().await;
     stack.stop().await;
 }
 
