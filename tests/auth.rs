@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use serde_json::{Value, json};
 use berth::access::{AuthConfig, AuthMode, ClientConfig, Role, api_token_hash};
 use berth::config::{Config, PoolConfig};
 use berth::store::LaunchpadStore;
+use support::process::{output_of, text};
 use support::stack::Stack;
 use support::*;
 
@@ -650,29 +650,12 @@ async fn two_assigners_share_one_max_held_count() {
     stack.stop().await;
 }
 
-/// Runs a `berth` command to its end off the test's runtime (which serves the fake
-/// Launchpad the workers call meanwhile).
-async fn run(mut command: std::process::Command) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[tokio::test]
 async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_send_it() {
     // The operator comes from `berth token new`, pasted as printed.
     let mut command = std::process::Command::new(berth_bin());
     command.args(["token", "new", "--name", "night-ops", "--role", "operator"]);
-    let out = run(command).await;
+    let out = output_of(&mut command).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let printed = text(&out.stdout);
     let token = printed
@@ -706,7 +689,7 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     open.env_remove("BERTH_TOKEN")
         .arg("--token-file")
         .arg(&token_file);
-    let out = run(open).await;
+    let out = output_of(&mut open).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("chmod 600"),
@@ -719,14 +702,14 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
         .env_remove("BERTH_TOKEN")
         .arg("--token-file")
         .arg(&token_file);
-    let out = run(status).await;
+    let out = output_of(&mut status).await;
     assert!(out.status.success(), "--token-file: {}", text(&out.stderr));
 
     let mut anonymous = stack.berth(&["status"]);
     anonymous
         .env_remove("BERTH_TOKEN")
         .env_remove("BERTH_TOKEN_FILE");
-    let out = run(anonymous).await;
+    let out = output_of(&mut anonymous).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("unauthorized"),
@@ -738,7 +721,7 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
         "acquire", "--pool", POOL, "--owner", "cli", "--format", "json",
     ]);
     acquire.env("BERTH_TOKEN", CLIENT);
-    let out = run(acquire).await;
+    let out = output_of(&mut acquire).await;
     assert!(out.status.success(), "BERTH_TOKEN: {}", text(&out.stderr));
     let lease: Value = serde_json::from_slice(&out.stdout).unwrap();
     let slot = lease["slot"].as_str().unwrap();
@@ -746,7 +729,7 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     // The pasted operator acts on slots; a client may not.
     let mut reclaim = stack.berth(&["slot", "reclaim", slot, "--reason", "test"]);
     reclaim.env("BERTH_TOKEN", CLIENT);
-    let out = run(reclaim).await;
+    let out = output_of(&mut reclaim).await;
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("forbidden"),
@@ -755,7 +738,7 @@ async fn berth_token_new_prints_lines_that_let_its_token_in_and_the_commands_sen
     );
     let mut reclaim = stack.berth(&["slot", "reclaim", slot, "--reason", "test"]);
     reclaim.env("BERTH_TOKEN", &token);
-    let out = run(reclaim).await;
+    let out = output_of(&mut reclaim).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     stack.stop().await;
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use support::process::text;
 use support::stack::Stack;
 use support::*;
 
@@ -22,19 +23,8 @@ trait OutputAsync {
 
 impl OutputAsync for &mut std::process::Command {
     async fn output_async(self) -> Output {
-        let child = self
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-            .await
-            .unwrap()
+        support::process::output_of(self).await
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Waits for a child's exit (polling, with a deadline) and collects its output.

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth::broker::{self, BrokerTls};
@@ -14,23 +14,8 @@ use serde_json::Value;
 
 use support::broker::PrivateBroker;
 use support::pki::Pki;
+use support::process::{output_of, text};
 use support::stack::Stack;
-
-/// Runs a command to its end off the test's runtime (which serves the fake Launchpad).
-async fn output(command: &mut std::process::Command) -> Output {
-    let child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stack_runs_over_amqps_and_the_cli_acquires_over_https_with_its_ca_file() {
@@ -53,7 +38,7 @@ async fn the_stack_runs_over_amqps_and_the_cli_acquires_over_https_with_its_ca_f
     assert!(stack.base.starts_with("https://"), "{}", stack.base);
     let ca_file = pki.ca.to_str().unwrap();
 
-    let acquired = output(&mut stack.berth(&[
+    let acquired = output_of(&mut stack.berth(&[
         "acquire",
         "--pool",
         "ppa",
@@ -77,7 +62,7 @@ async fn the_stack_runs_over_amqps_and_the_cli_acquires_over_https_with_its_ca_f
 
     // Without the CA, the CLI says what is wrong at once, not after its retry budget.
     let started = Instant::now();
-    let refused = output(&mut stack.berth(&["status", "--wait", "60"])).await;
+    let refused = output_of(&mut stack.berth(&["status", "--wait", "60"])).await;
     let stderr = text(&refused.stderr);
     assert!(
         !refused.status.success(),
@@ -94,7 +79,7 @@ async fn the_stack_runs_over_amqps_and_the_cli_acquires_over_https_with_its_ca_f
     );
 
     let token = lease["lease_token"].as_str().unwrap();
-    let released = output(&mut stack.berth(&[
+    let released = output_of(&mut stack.berth(&[
         "release",
         "--slot",
         "ppa-1",
@@ -152,7 +137,7 @@ async fn plain_amqp_to_the_tls_port_and_a_wrong_ca_fail_with_errors_that_say_so(
     }
 
     // `berth events` (one connection, no retry) says the same and exits.
-    let events = output(
+    let events = output_of(
         std::process::Command::new(support::berth_bin())
             .args(["events", "--amqp-url", &plain])
             .env("RUST_LOG", "warn")

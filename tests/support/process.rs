@@ -2,10 +2,28 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::namespace::{POOL, amqp_url};
+
+/// Runs `command` to its end, its output piped, off the test's runtime (which may serve the
+/// fake Launchpad that the command's workers call meanwhile).
+pub async fn output_of(command: &mut Command) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A command's output as text.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 /// A port free right now, for a process that must listen on a fixed one.
 pub fn free_port() -> u16 {
