@@ -15,7 +15,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind, Queue};
 
-use crate::config::QueueType;
+use crate::protocol::QueueType;
 use crate::protocol::{MAX_PRIORITY, Names, REASON_HEADER};
 
 /// Delivery mode 2: the broker writes the message to disk.

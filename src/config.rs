@@ -76,18 +76,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
 }
 
-/// The type of berth's durable queues (`queue_type`). A queue keeps the type it was declared
-/// with: changing it on a running deployment is a migration (README "Upgrading").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueType {
-    /// A queue on one node: gone (durable: unavailable) while that node is down.
-    #[default]
-    Classic,
-    /// A replicated queue (Raft) on every node of the cluster: available while a majority
-    /// of the nodes is up.
-    Quorum,
-}
+/// The type of berth's durable queues (`queue_type`), defined with the names it shapes.
+pub use crate::protocol::QueueType;
 
 /// Where the slots' state lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,8 +8,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config::QueueType;
-
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -29,6 +27,19 @@ pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 10_000;
 /// The highest priority of an assign request (`"priority"` 0–9 of acquire): the pool
 /// queue's `x-max-priority`, and the number of priority bands of a quorum pool, less one.
 pub const MAX_PRIORITY: u8 = 9;
+
+/// The type of berth's durable queues (`queue_type`). A queue keeps the type it was declared
+/// with: changing it on a running deployment is a migration (README "Upgrading").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// A queue on one node: gone (durable: unavailable) while that node is down.
+    #[default]
+    Classic,
+    /// A replicated queue (Raft) on every node of the cluster: available while a majority
+    /// of the nodes is up.
+    Quorum,
+}
 
 /// The names of one deployment's AMQP objects, all under one namespace, and the settings
 /// their declarations need: the history stream's retention, the dead-letter queue's bound
