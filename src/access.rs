@@ -191,7 +191,7 @@ impl AuthConfig {
         let mut hashes = std::collections::HashSet::new();
         for (i, client) in self.clients.iter().enumerate() {
             let key = |field: &str| format!("auth.clients[{i}].{field}");
-            if !crate::config::valid_name(&client.name) {
+            if !crate::protocol::valid_name(&client.name) {
                 return invalid(
                     key("name"),
                     "must be 1 to 100 characters of ASCII letters, digits, '-' and '_'",

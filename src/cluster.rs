@@ -5,7 +5,7 @@
 //! instead of waiting for it.
 //!
 //! It knows nothing of URLs' schemes beyond what [`crate::broker::connect_with`] does with them,
-//! and logs a node only as [`redact`] writes it: without its password.
+//! and logs a node only as [`node_url`] writes it: without its password.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::broker::{self, BrokerTls, ConnectError, RECONNECT_MAX};
+use crate::redact::node_url;
 
 /// The longest one node may take to open a connection before the next one is tried: a node
 /// that is paused (or a host that swallows packets) accepts the TCP connection and then says
@@ -61,7 +62,7 @@ impl Brokers {
 
     /// The nodes, redacted.
     pub fn nodes(&self) -> Vec<String> {
-        self.urls.iter().map(|url| redact(url)).collect()
+        self.urls.iter().map(|url| node_url(url)).collect()
     }
 
     /// One pass over the nodes, from where the last connect left off: the first that opens a
@@ -73,7 +74,7 @@ impl Brokers {
         for step in 0..count {
             let index = (start + step) % count;
             let url = &self.urls[index];
-            let node = redact(url);
+            let node = node_url(url);
             let connecting = broker::connect_with(url, &self.tls, name);
             let error = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(connection)) => {
@@ -122,47 +123,9 @@ impl Brokers {
     }
 }
 
-/// `url` fit for a log line, a metric or `/readyz`: scheme, user, host, port and virtual
-/// host, without the password and the query.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "(not a URL)".to_owned();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let (authority, path) = match rest.split_once('/') {
-        Some((authority, path)) => (authority, Some(path)),
-        None => (rest, None),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{user}@{host}")
-        }
-        None => authority.to_owned(),
-    };
-    match path {
-        Some(path) => format!("{scheme}://{authority}/{path}"),
-        None => format!("{scheme}://{authority}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_redacted_url_has_no_password_and_no_query() {
-        assert_eq!(
-            redact("amqp://guest:s3cret@10.0.0.1:5672/%2f?heartbeat=10"),
-            "amqp://guest@10.0.0.1:5672/%2f"
-        );
-        assert_eq!(
-            redact("amqps://u:p%40ss@rabbit-2.example:5671/ci?cacertfile=/x"),
-            "amqps://u@rabbit-2.example:5671/ci"
-        );
-        assert_eq!(redact("amqp://rabbit-3"), "amqp://rabbit-3");
-        assert_eq!(redact("nonsense"), "(not a URL)");
-    }
 
     /// The first node that answers is kept, and after it the next connect starts at the
     /// node after it. Nodes here are closed ports on loopback (refused at once) and the
@@ -185,13 +148,13 @@ mod tests {
             BrokerTls::system_roots(),
         );
         let connected = brokers.connect("berth-cluster-test").await.unwrap();
-        assert_eq!(connected.node, redact(&shared));
+        assert_eq!(connected.node, node_url(&shared));
         assert!(!connected.node.contains("guest:"), "{}", connected.node);
         let _ = connected.connection.close(200, "done".into()).await;
         // After the shared node, the list goes on at the third, then wraps round to it.
         assert_eq!(brokers.next.load(Ordering::Relaxed), 2);
         let again = brokers.connect("berth-cluster-test").await.unwrap();
-        assert_eq!(again.node, redact(&shared));
+        assert_eq!(again.node, node_url(&shared));
         let _ = again.connection.close(200, "done".into()).await;
 
         let none = Brokers::new(vec![dead_1, dead_2], BrokerTls::system_roots());

@@ -78,6 +78,7 @@ pub struct Config {
 
 /// The type of berth's durable queues (`queue_type`), defined with the names it shapes.
 pub use crate::protocol::QueueType;
+use crate::protocol::valid_name;
 
 /// Where the slots' state lives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -503,7 +504,6 @@ pub fn split_urls(list: &str) -> Vec<String> {
 
 const NAME_RULE: &str = "must be 1 to 100 characters of ASCII letters, digits, '-' and '_' (it becomes part of AMQP names)";
 
-/// Whether `name` is safe inside AMQP names, routing keys and URL paths.
 /// Whether `value` is an `x-max-age` RabbitMQ accepts: digits, then one unit letter.
 fn valid_max_age(value: &str) -> bool {
     let Some(unit) = value.chars().last() else {
@@ -514,14 +514,6 @@ fn valid_max_age(value: &str) -> bool {
         && !digits.is_empty()
         && digits.bytes().all(|b| b.is_ascii_digit())
         && digits.parse::<u64>().is_ok_and(|n| n > 0)
-}
-
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

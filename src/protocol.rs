@@ -28,6 +28,16 @@ pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 10_000;
 /// queue's `x-max-priority`, and the number of priority bands of a quorum pool, less one.
 pub const MAX_PRIORITY: u8 = 9;
 
+/// Whether `name` (a namespace, pool, slot or client name) is safe inside AMQP names,
+/// routing keys and URL paths: 1–100 ASCII letters, digits, `-` and `_`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The type of berth's durable queues (`queue_type`). A queue keeps the type it was declared
 /// with: changing it on a running deployment is a migration (README "Upgrading").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -63,9 +63,48 @@ pub fn public_error(message: &str, max: usize) -> String {
     short
 }
 
+/// A broker node's `url` as berth names the node in a log line, a metric or `/readyz`:
+/// scheme, user, host, port and virtual host, without the password and the query (unlike
+/// [`redact_url`], which keeps a quoted URL's shape and marks where the password was).
+pub fn node_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_owned();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let (authority, path) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, Some(path)),
+        None => (rest, None),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
+    };
+    match path {
+        Some(path) => format!("{scheme}://{authority}/{path}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_url_has_no_password_and_no_query() {
+        assert_eq!(
+            node_url("amqp://guest:s3cret@10.0.0.1:5672/%2f?heartbeat=10"),
+            "amqp://guest@10.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            node_url("amqps://u:p%40ss@rabbit-2.example:5671/ci?cacertfile=/x"),
+            "amqps://u@rabbit-2.example:5671/ci"
+        );
+        assert_eq!(node_url("amqp://rabbit-3"), "amqp://rabbit-3");
+        assert_eq!(node_url("nonsense"), "(not a URL)");
+    }
 
     #[test]
     fn a_password_in_a_url_is_hidden_and_the_rest_kept() {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use berth::cluster::redact;
 use berth::config::QueueType;
+use berth::redact::node_url;
 use support::cluster::PrivateCluster;
 use support::stack::Stack;
 use support::*;
@@ -78,7 +78,7 @@ async fn acquires_go_on_when_a_node_dies_even_the_pool_queues_leader() {
 
     // The first node that answers: the first of the list. No password in what /readyz says.
     let node = ready_node(&http, &base).await;
-    assert_eq!(node, redact(&urls[0]));
+    assert_eq!(node, node_url(&urls[0]));
     assert!(!node.contains("guest:guest"), "{node}");
     acquire_and_release(&stack, "before").await;
 
@@ -89,7 +89,7 @@ async fn acquires_go_on_when_a_node_dies_even_the_pool_queues_leader() {
     let after_own = acquire_and_release(&stack, "after-node-0").await;
     let moved = ready_node(&http, &base).await;
     assert!(
-        moved == redact(&urls[1]) || moved == redact(&urls[2]),
+        moved == node_url(&urls[1]) || moved == node_url(&urls[2]),
         "{moved}"
     );
     tokio::task::block_in_place(|| {

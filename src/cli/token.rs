@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::access::{Role, api_token_hash};
-use crate::config::valid_name;
+use crate::protocol::valid_name;
 
 /// Flags of `berth token`.
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use berth::config::{Config, ConfigArgs, valid_name};
+use berth::config::{Config, ConfigArgs};
+use berth::protocol::valid_name;
 use berth::telemetry::LogFormat;
 
 use crate::fake::FakeOptions;
