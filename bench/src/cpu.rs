@@ -108,11 +108,12 @@ mod tests {
     fn this_process_is_measured() {
         let mut meter = CpuMeter::new(&[]);
         meter.resume();
-        // Burn a little CPU so at least one tick passes.
-        let started = std::time::Instant::now();
+        // Burn CPU so that several ticks pass: a fixed amount of work (some 50 ms of CPU
+        // optimised, more in a debug build), not of wall time, which a loaded machine would
+        // spend elsewhere.
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(60) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        for _ in 0..50_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
         std::hint::black_box(x);
         let shares = meter.per_op(1);
