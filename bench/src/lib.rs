@@ -36,7 +36,7 @@ pub use report::{AssignerFigures, Phase, Ratios, Report, Scale, Setup, Target};
 pub use scale::ScaleRun;
 
 use cpu::CpuMeter;
-use stack::{Pools, Stack, rss_mib};
+use stack::{Broker, Pools, Stack, rss_mib};
 
 /// What to run, and how long.
 #[derive(Debug, Clone)]
@@ -69,23 +69,12 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<Report> {
         scale_base: options.scale_base_slots.max(1),
         scale: options.scale_slots.max(1),
     };
-    let tls = match &options.amqp_ca_file {
-        Some(path) => berth::broker::BrokerTls::with_ca_file(path)?,
-        None => berth::broker::BrokerTls::system_roots(),
+    let broker = Broker {
+        ca_file: options.amqp_ca_file.as_deref(),
+        ..Broker::classic(&options.amqp_url)
     };
-    let stack = Stack::start(
-        &options.amqp_url,
-        options.amqp_ca_file.as_deref(),
-        &namespace,
-        &pools,
-        &options.bin_dir,
-    )
-    .await?;
-    let connection = berth::cluster::Brokers::from_list(&options.amqp_url, tls)
-        .connect("berth-bench")
-        .await
-        .context("cannot connect to the broker")?
-        .connection;
+    let stack = Stack::start(broker, &namespace, &pools, &options.bin_dir).await?;
+    let connection = broker.connect("berth-bench").await?;
     eprintln!(
         "berth-bench: namespace {namespace}, logs in {}",
         stack.dir.display()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use berth::config::QueueType;
 use berth_bench::BenchOptions;
 use berth_bench::broker_cost::BrokerCostOptions;
 use berth_bench::store_calls::StoreCallsOptions;
@@ -23,7 +24,7 @@ struct Args {
     amqp_url: String,
     /// PEM file of CA certificates an `amqps://` broker's certificate may chain to (besides
     /// the system's roots).
-    #[arg(long, env = "BERTH_AMQP_CA_FILE")]
+    #[arg(long, global = true, env = "BERTH_AMQP_CA_FILE")]
     amqp_ca_file: Option<PathBuf>,
     /// Directory of the `berth` and `berth-worker` binaries (default: next to this one).
     #[arg(long, global = true, env = "BERTH_BENCH_BIN_DIR")]
@@ -64,7 +65,7 @@ enum Measure {
         /// Nodes: 1, or a cluster (3).
         #[arg(long, default_value_t = 1)]
         nodes: usize,
-        /// Counts of each classic kind, consumers and channels, ascending (none skips them).
+        /// Counts of each classic kind, consumers and channels, ascending.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
         counts: Vec<usize>,
         /// Counts of quorum queues, ascending (on a cluster only).
@@ -73,6 +74,9 @@ enum Measure {
         /// Skip the node-loss and full-restart probes of the queues.
         #[arg(long)]
         no_recovery: bool,
+        /// Skip the object kinds and their recovery probes: only the worker run.
+        #[arg(long, conflicts_with_all = ["counts", "quorum_counts", "no_recovery"])]
+        worker_only: bool,
         /// Seconds to let the broker settle before each reading.
         #[arg(long, default_value_t = 3.0)]
         settle_secs: f64,
@@ -84,6 +88,10 @@ enum Measure {
         /// starting the lost node again.
         #[arg(long)]
         broker_list: bool,
+        /// Type of the worker's durable queues (`queue_type`): `classic`, or `quorum` (a
+        /// cluster's recommended type: a quorum control queue per slot, quorum pool queues).
+        #[arg(long, default_value = "classic", value_parser = parse_queue_type)]
+        queue_type: QueueType,
     },
     /// Launchpad requests per acquire, per release and clean, and per slot per hour.
     StoreCalls {
@@ -96,6 +104,15 @@ enum Measure {
         #[arg(long, default_value_t = 30.0)]
         idle_secs: f64,
     },
+}
+
+/// `--queue-type`: the names of `queue_type` in berth's configuration.
+fn parse_queue_type(value: &str) -> Result<QueueType, String> {
+    match value {
+        "classic" => Ok(QueueType::Classic),
+        "quorum" => Ok(QueueType::Quorum),
+        other => Err(format!("{other:?}: use classic or quorum")),
+    }
 }
 
 #[tokio::main]
@@ -128,11 +145,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             counts,
             quorum_counts,
             no_recovery,
+            worker_only,
             settle_secs,
             worker_slots,
             broker_list,
+            queue_type,
         }) => {
-            let objects = if counts.is_empty() && quorum_counts.is_empty() {
+            let objects = if worker_only {
                 None
             } else {
                 Some(
@@ -148,8 +167,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             // A failed worker run is reported next to the object figures, not instead.
             let (worker, worker_error) = if worker_slots > 0 {
-                match berth_bench::worker_broker::run(nodes, worker_slots, broker_list, &bin_dir)
-                    .await
+                match berth_bench::worker_broker::run(
+                    nodes,
+                    worker_slots,
+                    broker_list,
+                    queue_type,
+                    &bin_dir,
+                )
+                .await
                 {
                     Ok(worker) => (Some(worker), None),
                     Err(err) => {
@@ -173,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }) => {
             let calls = berth_bench::store_calls::run(&StoreCallsOptions {
                 amqp_url: args.amqp_url.clone(),
+                amqp_ca_file: args.amqp_ca_file.clone(),
                 bin_dir: bin_dir.clone(),
                 cycles,
                 uploads,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use berth::config::{Config, PoolConfig};
+use berth::config::{Config, PoolConfig, QueueType};
 use berth::fake::{FakeConfig, FakeLaunchpad};
 
 /// The pools of a bench run: two of PPAs on the fake Launchpad (real worker mode) and two
@@ -112,6 +112,39 @@ pub(crate) fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// The broker a stack runs on: the URL (or a comma-separated list of a cluster's nodes), the
+/// CA file of an `amqps://` broker, and the type of berth's durable queues.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Broker<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) ca_file: Option<&'a Path>,
+    pub(crate) queue_type: QueueType,
+}
+
+impl<'a> Broker<'a> {
+    /// A broker of classic queues, without a CA file of its own.
+    pub(crate) fn classic(url: &'a str) -> Self {
+        Broker {
+            url,
+            ca_file: None,
+            queue_type: QueueType::Classic,
+        }
+    }
+
+    /// A connection to the first node of the list that answers, named `name`.
+    pub(crate) async fn connect(&self, name: &str) -> anyhow::Result<lapin::Connection> {
+        let tls = match self.ca_file {
+            Some(path) => berth::broker::BrokerTls::with_ca_file(path)?,
+            None => berth::broker::BrokerTls::system_roots(),
+        };
+        let connected = berth::cluster::Brokers::from_list(self.url, tls)
+            .connect(name)
+            .await
+            .context("cannot connect to the broker")?;
+        Ok(connected.connection)
+    }
+}
+
 /// The fake Launchpad and the configuration the processes share.
 pub(crate) struct Stack {
     pub(crate) fake: FakeLaunchpad,
@@ -124,8 +157,7 @@ pub(crate) struct Stack {
 
 impl Stack {
     pub(crate) async fn start(
-        amqp_url: &str,
-        amqp_ca_file: Option<&Path>,
+        broker: Broker<'_>,
         namespace: &str,
         pools: &Pools,
         bin_dir: &Path,
@@ -155,8 +187,9 @@ impl Stack {
         )?;
         let listen = free_port()?;
         let mut config = Config {
-            amqp_url: amqp_url.to_owned(),
-            amqp_ca_file: amqp_ca_file.map(Path::to_path_buf),
+            amqp_url: broker.url.to_owned(),
+            amqp_ca_file: broker.ca_file.map(Path::to_path_buf),
+            queue_type: broker.queue_type,
             namespace: namespace.to_owned(),
             listen,
             pools: pools.config(),

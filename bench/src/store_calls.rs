@@ -11,11 +11,13 @@ use serde::Serialize;
 
 use super::client;
 use super::cycles::count_cleaned;
-use super::stack::{Pools, SMALL, Stack};
+use super::stack::{Broker, Pools, SMALL, Stack};
 
 #[derive(Debug, Clone)]
 pub struct StoreCallsOptions {
     pub amqp_url: String,
+    /// CA certificates of an `amqps://` broker (besides the system's roots).
+    pub amqp_ca_file: Option<std::path::PathBuf>,
     pub bin_dir: std::path::PathBuf,
     pub cycles: usize,
     /// Uploads a CI job leaves in the PPA, deleted by the clean.
@@ -60,17 +62,14 @@ pub async fn run(options: &StoreCallsOptions) -> anyhow::Result<StoreCalls> {
         scale_base: 0,
         scale: 0,
     };
-    let stack = Stack::start(
-        &options.amqp_url,
-        None,
-        &namespace,
-        &pools,
-        &options.bin_dir,
-    )
-    .await?;
-    let result = measure(&stack, options).await;
+    let broker = Broker {
+        ca_file: options.amqp_ca_file.as_deref(),
+        ..Broker::classic(&options.amqp_url)
+    };
+    let stack = Stack::start(broker, &namespace, &pools, &options.bin_dir).await?;
+    let result = measure(&stack, broker, options).await;
     let names = stack.config.names();
-    if let Ok(connection) = berth::broker::connect(&options.amqp_url, "berth-bench").await {
+    if let Ok(connection) = broker.connect("berth-bench").await {
         if let Ok(channel) = connection.create_channel().await {
             let mut queues = vec![
                 names.assign_queue(SMALL),
@@ -98,9 +97,13 @@ pub async fn run(options: &StoreCallsOptions) -> anyhow::Result<StoreCalls> {
     result
 }
 
-async fn measure(stack: &Stack, options: &StoreCallsOptions) -> anyhow::Result<StoreCalls> {
+async fn measure(
+    stack: &Stack,
+    broker: Broker<'_>,
+    options: &StoreCallsOptions,
+) -> anyhow::Result<StoreCalls> {
     let http = reqwest::Client::new();
-    let connection = berth::broker::connect(&options.amqp_url, "berth-bench store-calls").await?;
+    let connection = broker.connect("berth-bench store-calls").await?;
     let names = stack.config.names();
     let slot = stack
         .config

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use berth::config::QueueType;
+
 use super::client;
 use super::rabbit::{Cluster, NodeStats};
-use super::stack::{Pools, Proc, SCALE, SCALE_BASE, Stack, rss_mib};
+use super::stack::{Broker, Pools, Proc, SCALE, SCALE_BASE, Stack, rss_mib};
 
 /// Slots of the small process the per-slot memory is measured against.
 const BASE_SLOTS: usize = 16;
@@ -24,6 +26,8 @@ pub struct WorkerOnBroker {
     /// `BERTH_AMQP_URL` the worker was given: node 1 only, or every node (a broker list,
     /// which needs a berth that reads one).
     pub amqp_urls: Vec<String>,
+    /// The type of the worker's durable queues: its slots' control queues, the pool queues.
+    pub queue_type: QueueType,
     pub before: Vec<NodeStats>,
     pub serving: Vec<NodeStats>,
     /// Per node, Erlang memory the worker's objects added, KiB per slot.
@@ -48,11 +52,14 @@ pub async fn run(
     nodes: usize,
     slots: usize,
     broker_list: bool,
+    queue_type: QueueType,
     bin_dir: &Path,
 ) -> anyhow::Result<WorkerOnBroker> {
-    eprintln!("broker-cost: worker of {slots} slots on {nodes} fresh node(s)");
+    eprintln!(
+        "broker-cost: worker of {slots} slots on {nodes} fresh node(s), {queue_type:?} queues"
+    );
     let mut cluster = Cluster::start(nodes)?;
-    let result = measure(&mut cluster, slots, broker_list, bin_dir).await;
+    let result = measure(&mut cluster, slots, broker_list, queue_type, bin_dir).await;
     drop(cluster);
     result
 }
@@ -61,6 +68,7 @@ async fn measure(
     cluster: &mut Cluster,
     slots: usize,
     broker_list: bool,
+    queue_type: QueueType,
     bin_dir: &Path,
 ) -> anyhow::Result<WorkerOnBroker> {
     let urls: Vec<String> = if broker_list {
@@ -75,7 +83,12 @@ async fn measure(
         scale_base: BASE_SLOTS,
         scale: slots,
     };
-    let stack = Stack::start(&cluster.url(0), None, &namespace, &pools, bin_dir).await?;
+    let url = cluster.url(0);
+    let broker = Broker {
+        queue_type,
+        ..Broker::classic(&url)
+    };
+    let stack = Stack::start(broker, &namespace, &pools, bin_dir).await?;
     let env = [("BERTH_AMQP_URL", urls.join(","))];
     let result = async {
         let mut base = stack.fake_workers_env(SCALE_BASE, &env)?;
@@ -142,6 +155,7 @@ async fn measure(
             nodes: cluster.len(),
             slots,
             amqp_urls: urls.clone(),
+            queue_type,
             erlang_kib_per_slot: per(|s| s.erlang_mib),
             rss_kib_per_slot: per(|s| s.rss_mib),
             before,
