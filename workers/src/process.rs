@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -13,8 +14,8 @@ use berth::backoff::Backoff;
 use berth::config::Config;
 use berth::store::SlotStore;
 
-use crate::amqp::connection;
 use crate::amqp::feed::Feed;
+use crate::amqp::{connection, lock};
 use crate::metrics::Metrics;
 use crate::options::{SlotSpec, WorkerOptions};
 use crate::slot::{self, Slot};
@@ -86,6 +87,7 @@ pub async fn run_slots(
     }
     feed_tasks.close();
     let tracker = TaskTracker::new();
+    let lock_turns = Arc::new(Semaphore::new(lock::LOCKING_AT_ONCE));
     for (index, spec) in slots.into_iter().enumerate() {
         let shard = connection::shard_of(index, count, connection::MAX_CHANNELS_PER_CONNECTION);
         let span = tracing::info_span!("slot", pool = %spec.pool, slot = %spec.slot);
@@ -99,7 +101,8 @@ pub async fn run_slots(
             metrics.clone(),
             cancel.clone(),
         );
-        tracker.spawn(slot::run(slot, connectors[shard].clone()).instrument(span));
+        let run = slot::run(slot, connectors[shard].clone(), lock_turns.clone());
+        tracker.spawn(run.instrument(span));
     }
     tracker.close();
     tracker.wait().await;

@@ -14,6 +14,7 @@ use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer, ErrorKind};
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -44,59 +45,48 @@ async fn declare_history(connector: &Connector, names: &Names, cancel: &Cancella
     }
 }
 
+/// How many slot workers of one process may be taking their lock at once (declaring their
+/// queues and consuming): the rest wait their turn without a broker timeout running. Without
+/// it, a process of 10,000 slots on quorum queues never came up: the broker creates a quorum
+/// queue in 15–25 ms, one after the other, so 10,000 declares at once took far longer than
+/// [`super::BROKER_TIMEOUT`], every slot worker timed out, started over and declared again,
+/// and after 12 minutes 160 slots held their lock (docs/scale.md). 32 at a time keep a
+/// turn under a second on quorum queues and cost nothing on classic ones, whose declares
+/// are answered in about a millisecond each.
+pub(crate) const LOCKING_AT_ONCE: usize = 32;
+
 /// Takes the lock of `slot`, standing by while another worker holds it (trying again every
-/// `standby_retry`, and counted in `standby` meanwhile). `Ok(None)` when `cancel` fires first;
-/// an error for broker trouble other than the lock being taken.
+/// `standby_retry`, and counted in `standby` meanwhile). Each try waits for one of the
+/// process's `turns` ([`LOCKING_AT_ONCE`]) first. `Ok(None)` when `cancel` fires first; an
+/// error for broker trouble other than the lock being taken.
 pub(crate) async fn acquire(
     connector: &Connector,
     names: &Names,
     slot: &str,
     standby_retry: Duration,
     standby: &Gauge,
+    turns: &Semaphore,
     cancel: &CancellationToken,
 ) -> Result<Option<Lock>, Error> {
     let mut standing_by: Option<Raised> = None;
-    // Once per try for the lock, not per standby retry: the declare is the same each time.
-    declare_history(connector, names, cancel).await;
+    let mut history_declared = false;
     loop {
-        let Some(channel) = connector.channel(cancel).await else {
-            return Ok(None);
-        };
-        let channel = channel?;
-        bounded(berth::broker::declare_common(&channel, names)).await?;
-        bounded(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
-        bounded(channel.basic_qos(1, BasicQosOptions::default())).await?;
-        bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        let consumed = async {
-            bounded(berth::broker::declare_lock_queue(&channel, names, slot)).await?;
-            let lock = bounded(channel.basic_consume(
-                names.lock_queue(slot).into(),
-                "".into(),
-                exclusive(),
-                FieldTable::default(),
-            ))
-            .await?;
-            // Exclusive too: on a classic control queue the broker refuses it while a worker
-            // of an older berth (whose lock it was) or a holder that has not yet noticed the
-            // loss of its lock queue still consumes; on a quorum queue the flag does nothing.
-            let control = bounded(channel.basic_consume(
-                names.slot_queue(slot).into(),
-                "".into(),
-                exclusive(),
-                FieldTable::default(),
-            ))
-            .await?;
-            Ok::<_, Error>((lock, control))
-        }
-        .await;
-        match consumed {
-            Ok((lock, control)) => {
-                tracing::info!("holding the slot lock");
-                tokio::spawn(watch(lock, channel.clone()).in_current_span());
-                return Ok(Some(Lock { channel, control }));
+        let tried = {
+            let _turn = tokio::select! {
+                _ = cancel.cancelled() => return Ok(None),
+                turn = turns.acquire() => turn.expect("the semaphore of turns is never closed"),
+            };
+            // Once per call, not per standby retry: the declare is the same each time.
+            if !history_declared {
+                declare_history(connector, names, cancel).await;
+                history_declared = true;
             }
-            // The broker closed this channel; the next try opens a fresh one.
-            Err(err) if is_taken(&err) => {
+            try_once(connector, names, slot, cancel).await
+        };
+        match tried? {
+            Tried::Held(lock) => return Ok(Some(*lock)),
+            Tried::Cancelled => return Ok(None),
+            Tried::Taken => {
                 if standing_by.is_none() {
                     tracing::info!("another worker holds the slot lock; standing by");
                     standing_by = Some(Raised::new(standby.clone()));
@@ -106,8 +96,66 @@ pub(crate) async fn acquire(
                     _ = tokio::time::sleep(standby_retry) => {}
                 }
             }
-            Err(err) => return Err(err),
         }
+    }
+}
+
+/// How one try for the lock ended, broker trouble aside.
+enum Tried {
+    Held(Box<Lock>),
+    /// Another worker holds the lock. The broker closed the try's channel; the next try
+    /// opens a fresh one.
+    Taken,
+    /// `cancel` fired while connecting.
+    Cancelled,
+}
+
+/// One try for the lock of `slot` on a fresh channel: declares what the slot worker uses,
+/// then consumes the lock queue and the control queue.
+async fn try_once(
+    connector: &Connector,
+    names: &Names,
+    slot: &str,
+    cancel: &CancellationToken,
+) -> Result<Tried, Error> {
+    let Some(channel) = connector.channel(cancel).await else {
+        return Ok(Tried::Cancelled);
+    };
+    let channel = channel?;
+    bounded(berth::broker::declare_common(&channel, names)).await?;
+    bounded(berth::broker::declare_slot_queue(&channel, names, slot)).await?;
+    bounded(channel.basic_qos(1, BasicQosOptions::default())).await?;
+    bounded(channel.confirm_select(ConfirmSelectOptions::default())).await?;
+    let consumed = async {
+        bounded(berth::broker::declare_lock_queue(&channel, names, slot)).await?;
+        let lock = bounded(channel.basic_consume(
+            names.lock_queue(slot).into(),
+            "".into(),
+            exclusive(),
+            FieldTable::default(),
+        ))
+        .await?;
+        // Exclusive too: on a classic control queue the broker refuses it while a worker of
+        // an older berth (whose lock it was) or a holder that has not yet noticed the loss of
+        // its lock queue still consumes; on a quorum queue the flag does nothing.
+        let control = bounded(channel.basic_consume(
+            names.slot_queue(slot).into(),
+            "".into(),
+            exclusive(),
+            FieldTable::default(),
+        ))
+        .await?;
+        Ok::<_, Error>((lock, control))
+    }
+    .await;
+    match consumed {
+        Ok((lock, control)) => {
+            tracing::info!("holding the slot lock");
+            tokio::spawn(watch(lock, channel.clone()).in_current_span());
+            Ok(Tried::Held(Box::new(Lock { channel, control })))
+        }
+        Err(err) if is_taken(&err) => Ok(Tried::Taken),
+        Err(err) => Err(err),
     }
 }
 

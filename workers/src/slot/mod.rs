@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use lapin::message::Delivery;
 use lapin::{Channel, Consumer};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use berth::backoff::{Backoff, pause};
@@ -137,7 +138,7 @@ struct Session<'a> {
 const RECONNECT_MIN: Duration = Duration::from_millis(100);
 
 /// Runs one slot worker until `slot.cancel` fires.
-pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
+pub(crate) async fn run(slot: Slot, connector: Arc<Connector>, lock_turns: Arc<Semaphore>) {
     let options = &slot.options;
     let mut backoff = Backoff::new(RECONNECT_MIN, berth::broker::RECONNECT_MAX);
     let mut retry = Retry::new(
@@ -154,6 +155,7 @@ pub(crate) async fn run(slot: Slot, connector: Arc<Connector>) {
             &slot.spec.slot,
             options.standby_retry,
             &standby,
+            &lock_turns,
             &slot.cancel,
         )
         .await
