@@ -49,11 +49,10 @@ use std::time::{Duration, Instant};
 
 use berth::fake::{FakeConfig, FakeLaunchpad, Faults};
 use berth::record::{SlotState, parse_description};
+use berth_testkit::rabbit::{PrivateBroker, PrivateCluster};
 use chrono::{DateTime, Utc};
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use support::broker::PrivateBroker;
-use support::cluster::PrivateCluster;
 use support::proxy::Proxy;
 
 const SLOTS: usize = 6;

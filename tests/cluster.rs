@@ -12,7 +12,7 @@ use serde_json::json;
 
 use berth::config::QueueType;
 use berth::redact::node_url;
-use support::cluster::PrivateCluster;
+use berth_testkit::rabbit::PrivateCluster;
 use support::stack::Stack;
 use support::*;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use support::broker::PrivateBroker;
+use berth_testkit::rabbit::PrivateBroker;
 use support::*;
 
 /// How long after the broker accepted AMQP connections again the assigner was ready, and an

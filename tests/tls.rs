@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use berth::broker::{self, BrokerTls};
 use serde_json::Value;
 
-use support::broker::PrivateBroker;
+use berth_testkit::rabbit::PrivateBroker;
 use support::pki::Pki;
 use support::process::{output_of, text};
 use support::stack::Stack;

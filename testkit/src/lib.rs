@@ -1,9 +1,11 @@
 //! Helpers shared by the integration tests of both trees (`tests/` of `berth`, and
 //! `workers/tests/` of `berth-worker`): every test works in a namespace of its own on the
-//! shared broker, and waits for conditions with a deadline, never with a bare `sleep`.
+//! shared broker, and waits for conditions with a deadline, never with a bare `sleep`. The
+//! private RabbitMQ nodes ([`rabbit`]) serve the bench's broker measurements too.
 //! What only one tree needs stays in that tree (`tests/support/`, `workers/tests/common/`).
 
 mod metrics;
+pub mod rabbit;
 
 pub use metrics::{Exposition, metric_value, parse_metrics};
 
@@ -35,6 +37,14 @@ pub fn config(slots: &[&str]) -> Config {
         }],
         ..Config::default()
     }
+}
+
+/// A TCP port free right now on 127.0.0.1, for a process that must listen on a fixed one.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
 }
 
 /// Polls `check` every 50 ms until it answers `Ok`, or fails after `within` with the last

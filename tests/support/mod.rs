@@ -1,15 +1,15 @@
 //! Helpers of the integration tests, one module per concern: a namespace per test on the
 //! shared broker, the assigner in-process on port 0, HTTP calls, the binaries as child
-//! processes, `/metrics` parsed, a stack of real processes; and, for tests that stop or cut the
-//! broker, a private RabbitMQ node, a private three-node cluster and a TCP proxy. What the worker's tests need too (the test
-//! configuration, polling with a deadline) is in the `berth-testkit` crate (`testkit/`). The
+//! processes, `/metrics` parsed, a stack of real processes; and, for tests that cut the broker
+//! off, a TCP proxy. What the worker's tests need too (the test configuration, polling with a
+//! deadline, free ports, the private RabbitMQ node and three-node cluster of the tests that
+//! stop, kill or pause a broker: `berth_testkit::rabbit`) is in the `berth-testkit` crate
+//! (`testkit/`). The
 //! everyday helpers are re-exported here:
 //! `use support::*`.
 #![allow(unreachable_pub, dead_code, unused_imports)] // each test binary uses a different part of these helpers
 
 pub mod app;
-pub mod broker;
-pub mod cluster;
 pub mod http;
 pub mod metrics;
 pub mod namespace;

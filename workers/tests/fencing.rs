@@ -9,23 +9,11 @@ mod common;
 #[allow(dead_code, unreachable_pub)] // the stall/resume half serves the chaos test
 #[path = "../../tests/support/proxy.rs"]
 mod proxy;
-// The private cluster of the berth tree's tests, and what it needs of their helpers.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../tests/support/broker.rs"]
-mod broker;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../tests/support/cluster.rs"]
-mod cluster;
-mod process {
-    pub(crate) fn free_port() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    }
-}
 
 use std::time::{Duration, Instant};
 
 use berth::record::{SlotState, parse_description};
+use berth_testkit::rabbit::PrivateCluster;
 use common::Client;
 use common::launchpad::World;
 use proxy::Proxy;
@@ -89,7 +77,7 @@ async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on() {
 /// standby is connected to the second node, with the first one last in its list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_cleaner_never_touches_a_slot_that_was_handed_on_on_a_cluster() {
-    let cluster = tokio::task::spawn_blocking(|| cluster::PrivateCluster::start(3))
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start(3))
         .await
         .unwrap();
     let mut world = World::start_with(1, Duration::from_millis(1500)).await;

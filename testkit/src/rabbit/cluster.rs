@@ -4,12 +4,11 @@
 //! own, `cluster_partition_handling = pause_minority`, and the second and third nodes joined
 //! to the first with `rabbitmqctl join_cluster`. Never the shared broker.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::broker::{NodeOptions, PrivateBroker};
+use super::{NodeOptions, PrivateBroker, join, write_cookie};
 
 /// The configuration of every node: a minority pauses itself in a partition, so that a node
 /// cut off from the others never goes on serving alone.
@@ -30,9 +29,7 @@ impl PrivateCluster {
             .prefix("berth-cluster-")
             .tempdir()
             .unwrap();
-        let cookie = home.path().join(".erlang.cookie");
-        std::fs::write(&cookie, uuid::Uuid::new_v4().simple().to_string()).unwrap();
-        std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).unwrap();
+        write_cookie(home.path()).unwrap_or_else(|e| panic!("{e}"));
         let options = NodeOptions {
             home: Some(home.path().to_owned()),
             conf: CONF.to_owned(),
@@ -47,12 +44,7 @@ impl PrivateCluster {
                 .collect();
             starting.into_iter().map(|s| s.join().unwrap()).collect()
         });
-        let first = nodes[0].node();
-        for node in &nodes[1..] {
-            node.ctl(&["stop_app"]);
-            node.ctl(&["join_cluster", &first]);
-            node.ctl(&["start_app"]);
-        }
+        join(&nodes[0].node, nodes[1..].iter().map(|b| &b.node)).unwrap_or_else(|e| panic!("{e}"));
         let cluster = PrivateCluster { nodes, _home: home };
         cluster.wait_running(size, Duration::from_secs(60));
         cluster
