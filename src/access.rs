@@ -113,6 +113,21 @@ pub struct ClientConfig {
 pub use crate::protocol::MAX_PRIORITY;
 
 impl ClientConfig {
+    /// Client `name` of `role` whose token is `token` (only its hash is kept), with no pool
+    /// restriction and no limit of its own.
+    pub fn new(name: &str, token: &str, role: Role) -> ClientConfig {
+        ClientConfig {
+            name: name.to_owned(),
+            token_sha256: api_token_hash(token),
+            role,
+            pools: None,
+            max_held: None,
+            max_waiting: None,
+            max_lease_secs: None,
+            max_priority: None,
+        }
+    }
+
     /// Whether it may use `pool`.
     pub fn may_use_pool(&self, pool: &str) -> bool {
         self.pools
@@ -265,16 +280,7 @@ mod tests {
     use super::*;
 
     fn client(name: &str) -> ClientConfig {
-        ClientConfig {
-            name: name.into(),
-            token_sha256: api_token_hash(name),
-            role: Role::Client,
-            pools: None,
-            max_held: None,
-            max_waiting: None,
-            max_lease_secs: None,
-            max_priority: None,
-        }
+        ClientConfig::new(name, name, Role::Client)
     }
 
     #[test]

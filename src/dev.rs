@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::access::{AuthMode, ClientConfig, Role, api_token_hash};
+use crate::access::{AuthMode, ClientConfig, Role};
 use crate::assigner;
 use crate::config::{Config, DEFAULT_AMQP_URL, DEFAULT_NAMESPACE};
 use crate::fake::{FakeConfig, FakeLaunchpad};
@@ -123,16 +123,7 @@ fn write_config(
     let tokens = args.auth.then(|| {
         let client = |name: &str, role| {
             let token = crate::lease::new_token();
-            let entry = ClientConfig {
-                name: name.into(),
-                token_sha256: api_token_hash(&token),
-                role,
-                pools: None,
-                max_held: None,
-                max_waiting: None,
-                max_lease_secs: None,
-                max_priority: None,
-            };
+            let entry = ClientConfig::new(name, &token, role);
             (token, entry)
         };
         let (operator, operator_entry) = client("dev-operator", Role::Operator);

@@ -26,27 +26,14 @@ const READER: &str = "reader-token-0123456789";
 /// A client of pool `ppa` only.
 const PPA_ONLY: &str = "ppa-only-token-0123456789";
 
-fn client(name: &str, token: &str, role: Role) -> ClientConfig {
-    ClientConfig {
-        name: name.into(),
-        token_sha256: api_token_hash(token),
-        role,
-        pools: None,
-        max_held: None,
-        max_waiting: None,
-        max_lease_secs: None,
-        max_priority: None,
-    }
-}
-
 fn clients() -> Vec<ClientConfig> {
     vec![
-        client("ops", OPERATOR, Role::Operator),
-        client("ci", CLIENT, Role::Client),
-        client("dash", READER, Role::Reader),
+        ClientConfig::new("ops", OPERATOR, Role::Operator),
+        ClientConfig::new("ci", CLIENT, Role::Client),
+        ClientConfig::new("dash", READER, Role::Reader),
         ClientConfig {
             pools: Some(vec![POOL.into()]),
-            ..client("narrow", PPA_ONLY, Role::Client)
+            ..ClientConfig::new("narrow", PPA_ONLY, Role::Client)
         },
     ]
 }
@@ -502,7 +489,7 @@ async fn max_held_and_max_waiting_answer_429_and_free_up_after_a_release() {
 #[tokio::test]
 async fn a_strangers_renew_and_release_are_refused_whatever_the_token() {
     let mut clients = clients();
-    clients.push(client(
+    clients.push(ClientConfig::new(
         "other-ci",
         "stranger-token-0123456789",
         Role::Client,

@@ -41,17 +41,8 @@ fn operator_token() -> String {
 /// Tokens on (`[auth] mode = "tokens"`): an operator `ops`, a client `ci` (whose acquires
 /// [`acquire`] makes, recorded as `ci/<owner>`) and a reader `dash`; `public_read` as given.
 fn tokens_on(config: &mut berth::config::Config, public_read: bool) {
-    use berth::access::{AuthConfig, AuthMode, ClientConfig, PublicOwner, Role, api_token_hash};
-    let client = |name: &str, token: &str, role| ClientConfig {
-        name: name.into(),
-        token_sha256: api_token_hash(token),
-        role,
-        pools: None,
-        max_held: None,
-        max_waiting: None,
-        max_lease_secs: None,
-        max_priority: None,
-    };
+    use berth::access::{AuthConfig, AuthMode, ClientConfig, PublicOwner, Role};
+    let client = ClientConfig::new;
     config.auth = AuthConfig {
         mode: AuthMode::Tokens,
         public_read,

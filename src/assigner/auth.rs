@@ -265,14 +265,9 @@ mod tests {
     fn a_clients_max_lease_cuts_the_default_and_refuses_longer_asks() {
         let client = |max_lease_secs| Caller {
             client: Some(Arc::new(ClientConfig {
-                name: "ci".into(),
-                token_sha256: crate::access::api_token_hash("t"),
-                role: Role::Client,
                 pools: Some(vec!["ppa".into()]),
-                max_held: None,
-                max_waiting: None,
                 max_lease_secs,
-                max_priority: None,
+                ..ClientConfig::new("ci", "t", Role::Client)
             })),
         };
         let limited = client(Some(600));
@@ -295,16 +290,7 @@ mod tests {
         let auth = crate::access::AuthConfig {
             mode: AuthMode::Tokens,
             metrics_token_sha256: Some(crate::access::api_token_hash("m")),
-            clients: vec![ClientConfig {
-                name: "ci".into(),
-                token_sha256: crate::access::api_token_hash("secret"),
-                role: Role::Client,
-                pools: None,
-                max_held: None,
-                max_waiting: None,
-                max_lease_secs: None,
-                max_priority: None,
-            }],
+            clients: vec![ClientConfig::new("ci", "secret", Role::Client)],
             ..Default::default()
         };
         let keys = Keys::new(&auth);
