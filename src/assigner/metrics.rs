@@ -308,19 +308,7 @@ mod tests {
             timer.outcome("assigned");
         }
         let _waiting = metrics.acquire_started("ppa");
-        let slot = |name: &str, state: &str| SlotStatus {
-            slot: name.into(),
-            pool: "ppa".into(),
-            state: state.into(),
-            owner: None,
-            held_since: None,
-            lease_expires: None,
-            draining: false,
-            touched: None,
-            clean_failures: 0,
-            last_error: None,
-            disabled_reason: None,
-        };
+        let slot = |name: &str, state: &str| SlotStatus::bare(name, "ppa", state);
         let snapshot = Snapshot {
             as_of: chrono::Utc::now(),
             slots: vec![slot("ppa-1", "free"), slot("ppa-2", "dirty")],

@@ -252,19 +252,7 @@ fn pool_section(
 /// A configured slot whose state this request may not see (or the store did not answer):
 /// its row is there, `unknown`, for the script to fill in.
 fn unread(slot: &str, pool: &str) -> SlotStatus {
-    SlotStatus {
-        slot: slot.to_owned(),
-        pool: pool.to_owned(),
-        state: "unknown".to_owned(),
-        owner: None,
-        held_since: None,
-        lease_expires: None,
-        draining: false,
-        touched: None,
-        clean_failures: 0,
-        last_error: None,
-        disabled_reason: None,
-    }
+    SlotStatus::bare(slot, pool, "unknown")
 }
 
 /// The word a slot's state is shown with (never its colour alone). `page.js` has the same

@@ -38,6 +38,26 @@ pub(crate) struct SlotStatus {
     pub(crate) disabled_reason: Option<String>,
 }
 
+impl SlotStatus {
+    /// A row of `slot` in `pool` said to be in `state` with nothing else known: a slot the
+    /// store has no resource for (`missing`), or whose state is not shown (`unknown`).
+    pub(crate) fn bare(slot: &str, pool: &str, state: &str) -> SlotStatus {
+        SlotStatus {
+            slot: slot.to_owned(),
+            pool: pool.to_owned(),
+            state: state.to_owned(),
+            owner: None,
+            held_since: None,
+            lease_expires: None,
+            draining: false,
+            touched: None,
+            clean_failures: 0,
+            last_error: None,
+            disabled_reason: None,
+        }
+    }
+}
+
 /// One slot as `GET /v1/slots/{slot}` shows it, read from the store for the request.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub(crate) struct SlotDetail {
@@ -189,20 +209,11 @@ impl StatusCache {
                         }
                     }
                     None => SlotStatus {
-                        slot: slot.clone(),
-                        pool: pool.name.clone(),
-                        state: "missing".into(),
-                        owner: None,
-                        held_since: None,
-                        lease_expires: None,
-                        draining: false,
-                        touched: None,
-                        clean_failures: 0,
                         last_error: Some(format!(
                             "the store has no resource named {slot:?} for owner {:?}",
                             self.config.store.owner
                         )),
-                        disabled_reason: None,
+                        ..SlotStatus::bare(slot, &pool.name, "missing")
                     },
                 };
                 slots.push(status);
