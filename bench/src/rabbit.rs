@@ -164,6 +164,15 @@ impl Cluster {
         self.nodes[i].kill();
     }
 
+    /// Every node stopped (SIGTERM, last one first), then all started again at once.
+    pub(crate) fn restart_all(&mut self) -> anyhow::Result<()> {
+        for i in (0..self.len()).rev() {
+            self.stop(i);
+        }
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.launch(&all)
+    }
+
     /// SIGTERM to node `i` (a clean shutdown), SIGKILL after a minute.
     pub(crate) fn stop(&mut self, i: usize) {
         self.nodes[i].stop(STOP_WITHIN);

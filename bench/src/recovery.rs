@@ -139,11 +139,7 @@ pub(crate) async fn full_restart(
 ) -> anyhow::Result<Recovery> {
     eprintln!("broker-cost: every node stopped and started again");
     let since = Instant::now();
-    for i in (0..cluster.len()).rev() {
-        cluster.stop(i);
-    }
-    let all: Vec<usize> = (0..cluster.len()).collect();
-    cluster.launch(&all)?;
+    cluster.restart_all()?;
     let nodes_up = since.elapsed();
     let quorum_back = if quorum.is_empty() {
         None

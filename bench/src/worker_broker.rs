@@ -136,11 +136,7 @@ async fn measure(
 
         eprintln!("broker-cost:   every node stopped and started again");
         let since = Instant::now();
-        for i in (0..cluster.len()).rev() {
-            cluster.stop(i);
-        }
-        let all: Vec<usize> = (0..cluster.len()).collect();
-        cluster.launch(&all)?;
+        cluster.restart_all()?;
         let full_restart = wait_serving(&stack, &cluster.url(0), SCALE, since).await?;
         eprintln!("broker-cost:   serving again after {full_restart:?}");
         worker.check_alive(
