@@ -13,6 +13,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -113,6 +114,27 @@ impl Browser {
     }
 
     /// Runs `script` in the page and answers its return value.
+    /// The element of id `id` (it must be on the page).
+    async fn by_id(&self, id: &str) -> Element {
+        self.client.find(Locator::Id(id)).await.unwrap()
+    }
+
+    /// Clicks the element of id `id`.
+    async fn click(&self, id: &str) {
+        self.by_id(id).await.click().await.unwrap();
+    }
+
+    /// Types `text` into the field of id `id`.
+    async fn type_into(&self, id: &str, text: &str) {
+        self.by_id(id).await.send_keys(text).await.unwrap();
+    }
+
+    /// Gives the page `token`, as a person does: typed into the token field, then "Use".
+    async fn use_token(&self, token: &str) {
+        self.type_into("token", token).await;
+        self.click("token-use").await;
+    }
+
     async fn js(&self, script: &str) -> Value {
         self.client.execute(script, vec![]).await.unwrap()
     }
@@ -275,22 +297,7 @@ async fn the_page_follows_the_slots_live() {
         .js("return Array.from(document.querySelectorAll('td.actions button')).every(b => b.offsetParent === null)")
         .await;
     assert_eq!(hidden, json!(true), "no buttons without a token");
-    browser
-        .client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&operator_token())
-        .await
-        .unwrap();
-    browser
-        .client
-        .find(Locator::Id("token-use"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.use_token(&operator_token()).await;
     // Found and clicked again should a re-read have made the row's buttons anew meanwhile.
     wait_for("the disable button to be clicked", WITHIN, || async {
         let disable = browser
@@ -310,31 +317,10 @@ async fn the_page_follows_the_slots_live() {
         disable.click().await.map_err(|err| err.to_string())
     })
     .await;
-    browser
-        .client
-        .find(Locator::Id("action-reason"))
-        .await
-        .unwrap()
-        .send_keys("disk replaced")
-        .await
-        .unwrap();
-    browser
-        .client
-        .find(Locator::Id("action-send"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.type_into("action-reason", "disk replaced").await;
+    browser.click("action-send").await;
     wait_for("the action's answer", WITHIN, || async {
-        let text = browser
-            .client
-            .find(Locator::Id("action-answer"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = browser.by_id("action-answer").await.text().await.unwrap();
         if text.starts_with("Done") {
             Ok(())
         } else {
@@ -342,14 +328,7 @@ async fn the_page_follows_the_slots_live() {
         }
     })
     .await;
-    browser
-        .client
-        .find(Locator::Id("action-close"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.click("action-close").await;
     browser.wait_row("ppa-4", "disabled", None, WITHIN).await;
     let notes = browser
         .js("return document.querySelector(\"tr[data-slot='ppa-4'] td.notes\").textContent")
@@ -448,22 +427,7 @@ async fn without_public_reads_the_rows_need_a_token() {
     browser.client.goto(&stack.base).await.unwrap();
     let rows = browser.rows().await;
     assert!(rows.iter().all(|row| row.1 == "unknown"), "{rows:?}");
-    browser
-        .client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(READER_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .client
-        .find(Locator::Id("token-use"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.use_token(READER_TOKEN).await;
     browser
         .wait_row(&held, "used", Some("ci/job-9"), WITHIN)
         .await;
@@ -788,22 +752,7 @@ async fn screenshot() {
     browser.client.set_window_size(1280, 720).await.unwrap();
     browser.client.goto(&base).await.unwrap();
     browser.wait_live().await;
-    browser
-        .client
-        .find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(&operator_token())
-        .await
-        .unwrap();
-    browser
-        .client
-        .find(Locator::Id("token-use"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    browser.use_token(&operator_token()).await;
     wait_for("every state on the page", WITHIN, || async {
         let words: Vec<String> = browser.rows().await.into_iter().map(|r| r.2).collect();
         let want = ["free", "used", "dirty", "disabled", "draining"];
