@@ -634,22 +634,9 @@ const FAULTS: [Fault; 10] = [
     Fault::Operator,
 ];
 
-/// The faults of a cluster run: a broker restart is a node's (graceful), and nodes are killed
-/// and paused too.
-const CLUSTER_FAULTS: [Fault; 12] = [
-    Fault::KillWorker,
-    Fault::KillAssigner,
-    Fault::BrokerRestart,
-    Fault::CutConnections,
-    Fault::StallConnections,
-    Fault::Store5xx,
-    Fault::StoreSlow,
-    Fault::Store412,
-    Fault::StallWorker,
-    Fault::Operator,
-    Fault::KillNode,
-    Fault::PauseNode,
-];
+/// The faults a cluster run adds to [`FAULTS`] (where a broker restart is a node's, graceful):
+/// nodes are killed and paused too.
+const CLUSTER_ONLY_FAULTS: [Fault; 2] = [Fault::KillNode, Fault::PauseNode];
 
 /// At most this many slots are disabled (or draining) at once: the clients keep a pool.
 const MAX_DISABLED: usize = 2;
@@ -1019,11 +1006,10 @@ slots = [{slots}]
     let mut injected: BTreeMap<String, u32> = BTreeMap::new();
     let mut stalls = 0u32;
     let mut max_recovery = Duration::ZERO;
-    let faults_of_run = if on_cluster {
-        CLUSTER_FAULTS.to_vec()
-    } else {
-        FAULTS.to_vec()
-    };
+    let mut faults_of_run = FAULTS.to_vec();
+    if on_cluster {
+        faults_of_run.extend(CLUSTER_ONLY_FAULTS);
+    }
     let mut kinds = faults_of_run.clone();
     // When a node was down or paused, for the availability.
     let mut node_faults: Vec<(&str, Instant, Instant)> = Vec::new();
