@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{Node, NodeOptions};
+use super::node::{Node, NodeOptions};
 use crate::free_port;
 
 /// How long a node may take to accept connections (2 shared cores, other tests running).

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{NodeOptions, PrivateBroker, join, write_cookie};
+use super::broker::PrivateBroker;
+use super::node::{NodeOptions, join, write_cookie};
 
 /// The configuration of every node: a minority pauses itself in a partition, so that a node
 /// cut off from the others never goes on serving alone.
